@@ -1,0 +1,116 @@
+"""CLIP: a ViT image tower and a causal text tower on the shared stack, projected to one space."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ModelConfig, check, opt
+from ..nn import StackConfig, Transformer
+from ..registry import register_family, register_preset
+from .base import Model
+from .vit import ViT, ViTConfig
+
+
+@dataclass
+class CLIPConfig(ModelConfig):
+    family = "clip"
+    embed_dim: int = opt(512, lo=1)
+    img_size: int = opt(224, lo=1)
+    patch_size: int = opt(32, lo=1)
+    in_chans: int = opt(3, lo=1)
+    vision_width: int = opt(768, lo=1)
+    vision_layers: int = opt(12, lo=1)
+    vision_heads: int = opt(12, lo=1)
+    vocab_size: int = opt(49408, lo=2)
+    context_length: int = opt(77, lo=2)
+    text_width: int = opt(512, lo=1)
+    text_layers: int = opt(12, lo=1)
+    text_heads: int = opt(8, lo=1)
+    mlp_ratio: float = opt(4.0, lo=0.01)
+    eot_token_id: int = opt(-1, lo=-1)  # -1: vocab_size - 1 (CLIP BPE's end-of-text)
+    init_logit_scale: float = opt(math.log(1 / 0.07))
+    tokenizer: str = opt("clip", choices=("clip", "char", "bpe"))
+
+    def validate(self):
+        super().validate()
+        check(self.text_width % self.text_heads == 0, "text_width must be divisible by text_heads")
+
+    @property
+    def eot_id(self) -> int:
+        return self.vocab_size - 1 if self.eot_token_id < 0 else self.eot_token_id
+
+    def vision(self) -> ViTConfig:
+        return ViTConfig(img_size=self.img_size, patch_size=self.patch_size, in_chans=self.in_chans,
+                         dim=self.vision_width, depth=self.vision_layers, n_heads=self.vision_heads,
+                         mlp_ratio=self.mlp_ratio, norm_eps=1e-5, pre_norm=True, patch_bias=False)
+
+
+class TextTower(nn.Module):
+    """Token + learned positions -> causal stack -> features at the end-of-text token (B, width)."""
+
+    def __init__(self, cfg: CLIPConfig):
+        super().__init__()
+        self.eot_id = cfg.eot_id
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.text_width)
+        self.pos_embed = nn.Parameter(torch.empty(cfg.context_length, cfg.text_width))
+        self.transformer = Transformer(StackConfig(cfg.text_width, cfg.text_layers, cfg.text_heads, cfg.mlp_ratio,
+                                                   causal=True))
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.pos_embed, std=0.01)
+
+    def forward_tokens(self, text: torch.Tensor) -> torch.Tensor:
+        T = text.shape[1]
+        if T > self.pos_embed.shape[0]:
+            raise ValueError(f"text has {T} tokens; the context length is {self.pos_embed.shape[0]}")
+        return self.transformer(self.token_embedding(text) + self.pos_embed[:T])  # (B, T, W)
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        x = self.forward_tokens(text)
+        is_eot = text == self.eot_id
+        # position of the first end-of-text token; the last position when a row has none
+        idx = torch.where(is_eot.any(1), is_eot.int().argmax(1), torch.full_like(text[:, 0], text.shape[1] - 1))
+        return x[torch.arange(x.shape[0], device=x.device), idx]  # (B, W)
+
+
+@register_family
+class CLIP(Model):
+    """forward(images, text) -> (image_features, text_features, logit_scale), features L2-normalised."""
+
+    config_class = CLIPConfig
+
+    def __init__(self, config: CLIPConfig):
+        super().__init__(config)
+        c = config
+        self.visual = ViT(c.vision())
+        self.visual_proj = nn.Parameter(torch.randn(c.vision_width, c.embed_dim) * c.vision_width**-0.5)
+        self.text = TextTower(c)
+        self.text_proj = nn.Parameter(torch.randn(c.text_width, c.embed_dim) * c.text_width**-0.5)
+        self.logit_scale = nn.Parameter(torch.tensor(c.init_logit_scale))
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        f = self.visual(images) @ self.visual_proj  # (B, E)
+        return F.normalize(f, dim=-1) if normalize else f
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        f = self.text(text) @ self.text_proj  # (B, E)
+        return F.normalize(f, dim=-1) if normalize else f
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor):
+        return self.encode_image(images), self.encode_text(text), self.logit_scale.exp()
+
+    def example_inputs(self, batch_size: int = 2) -> dict:
+        c = self.config
+        text = torch.randint(0, c.vocab_size - 1, (batch_size, c.context_length))
+        text[:, -3] = c.eot_id
+        return {"images": torch.randn(batch_size, c.in_chans, c.img_size, c.img_size), "text": text}
+
+
+_BASE = CLIPConfig()
+register_preset("clip-test", _BASE.replace(embed_dim=32, img_size=32, patch_size=8, vision_width=32, vision_layers=2,
+                                           vision_heads=2, vocab_size=512, context_length=16, text_width=32,
+                                           text_layers=2, text_heads=2, tokenizer="char"))
+register_preset("clip-vit-b-32", _BASE)

@@ -1,0 +1,92 @@
+"""GPT: token embedding + (learned or rotary) positions + causal stack + LM head."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..config import ModelConfig, check, opt
+from ..nn import LearnedPosEmbed, StackConfig, Transformer
+from ..registry import register_family, register_preset
+from .base import Model, init_linear_normal
+
+
+@dataclass
+class GPTConfig(ModelConfig):
+    family = "gpt"
+    vocab_size: int = opt(50257, lo=1)
+    block_size: int = opt(1024, lo=1)
+    n_layer: int = opt(12, lo=1)
+    n_head: int = opt(12, lo=1)
+    n_embd: int = opt(768, lo=1)
+    mlp_ratio: float = opt(4.0, lo=0.01)
+    mlp: str = opt("gelu", choices=("gelu", "gelu_tanh", "swiglu"))
+    norm: str = opt("layernorm", choices=("layernorm", "rmsnorm"))
+    norm_eps: float = opt(1e-5, lo=0.0)
+    pos: str = opt("learned", choices=("learned", "rope"))
+    rope_base: float = opt(10000.0, lo=1.0)
+    bias: bool = True
+    tie_weights: bool = True
+    dropout: float = opt(0.0, lo=0.0, hi=1.0)
+
+    def validate(self):
+        super().validate()
+        check(self.n_embd % self.n_head == 0, f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+
+    def stack(self) -> StackConfig:
+        return StackConfig(self.n_embd, self.n_layer, self.n_head, self.mlp_ratio, self.mlp, self.norm,
+                           self.norm_eps, causal=True, bias=self.bias, dropout=self.dropout,
+                           rope=self.pos == "rope", rope_base=self.rope_base)
+
+
+@register_family
+class GPT(Model):
+    """forward(idx (B, T), key_padding_mask=None, positions=None, caches=None) -> logits (B, T, V)."""
+
+    config_class = GPTConfig
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        c = config
+        self.wte = nn.Embedding(c.vocab_size, c.n_embd)
+        self.wpe = LearnedPosEmbed(c.block_size, c.n_embd) if c.pos == "learned" else None
+        self.drop = nn.Dropout(c.dropout)
+        self.transformer = Transformer(c.stack())
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.init_weights()
+        if c.tie_weights:
+            self.lm_head.weight = self.wte.weight
+
+    def init_weights(self):
+        self.apply(init_linear_normal)
+        if self.wpe is not None:
+            nn.init.normal_(self.wpe.weight, std=0.02)
+        for name, p in self.named_parameters():  # GPT-2: scaled init of residual projections
+            if name.endswith(("attn.proj.weight", "mlp.fc2.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * self.config.n_layer))
+
+    def forward(self, idx, key_padding_mask=None, positions=None, caches=None):
+        B, T = idx.shape
+        if positions is None:
+            start = caches[0].length if caches else 0
+            positions = torch.arange(start, start + T, device=idx.device)  # (T,)
+        if int(positions.max()) >= self.config.block_size and self.wpe is not None:
+            raise ValueError(f"sequence position {int(positions.max())} exceeds block_size {self.config.block_size}")
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(positions)
+        x = self.transformer(self.drop(x), key_padding_mask=key_padding_mask, positions=positions, caches=caches)
+        return self.lm_head(x)
+
+    def example_inputs(self, batch_size: int = 2) -> dict:
+        T = min(16, self.config.block_size)
+        return {"idx": torch.randint(0, self.config.vocab_size, (batch_size, T))}
+
+
+_BASE = GPTConfig()
+register_preset("gpt-test", _BASE.replace(vocab_size=256, block_size=64, n_layer=2, n_head=2, n_embd=32))
+register_preset("gpt-mini", _BASE.replace(vocab_size=256, block_size=256, n_layer=4, n_head=4, n_embd=256))
+register_preset("gpt2-124m", _BASE)
+register_preset("gpt2-medium", _BASE.replace(n_layer=24, n_head=16, n_embd=1024))

@@ -1,0 +1,124 @@
+"""ViT: patch embedding + class token + learned positions + bidirectional stack + pooling + head."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from timm.layers import trunc_normal_
+
+from ..config import ModelConfig, check, opt
+from ..nn import PatchEmbed, StackConfig, Transformer, build_norm, resample_pos_2d
+from ..registry import register_family, register_preset
+from .base import Model, init_linear_xavier
+
+
+@dataclass
+class ViTConfig(ModelConfig):
+    family = "vit"
+    img_size: int = opt(224, lo=1)
+    patch_size: int = opt(16, lo=1)
+    in_chans: int = opt(3, lo=1)
+    dim: int = opt(768, lo=1)
+    depth: int = opt(12, lo=1)
+    n_heads: int = opt(12, lo=1)
+    mlp_ratio: float = opt(4.0, lo=0.01)
+    mlp: str = opt("gelu", choices=("gelu", "gelu_tanh", "swiglu"))
+    norm_eps: float = opt(1e-6, lo=0.0)
+    pool: str = opt("cls", choices=("cls", "mean"))
+    class_token: bool = True
+    pre_norm: bool = False  # a norm after embedding (CLIP's ln_pre)
+    num_classes: int = opt(0, lo=0)  # 0: forward returns pooled features
+    dropout: float = opt(0.0, lo=0.0, hi=1.0)
+    drop_path: float = opt(0.0, lo=0.0, hi=1.0)
+    patch_bias: bool = True
+
+    def validate(self):
+        super().validate()
+        check(self.dim % self.n_heads == 0, f"dim={self.dim} must be divisible by n_heads={self.n_heads}")
+        check(self.img_size % self.patch_size == 0, f"img_size={self.img_size} not divisible by patch_size={self.patch_size}")
+        check(self.pool == "mean" or self.class_token, "pool='cls' needs class_token=True")
+
+    @property
+    def grid(self) -> int:
+        return self.img_size // self.patch_size
+
+    def stack(self) -> StackConfig:
+        return StackConfig(self.dim, self.depth, self.n_heads, self.mlp_ratio, self.mlp, "layernorm",
+                           self.norm_eps, dropout=self.dropout, drop_path=self.drop_path)
+
+
+@register_family
+class ViT(Model):
+    """forward(images (B, C, H, W)) -> logits (B, num_classes), or pooled features (B, dim) if num_classes=0.
+
+    Any H, W divisible by the patch size works (positions are resampled); a 1-channel image
+    given to a 3-channel model is repeated across channels.
+    """
+
+    config_class = ViTConfig
+
+    def __init__(self, config: ViTConfig):
+        super().__init__(config)
+        c = config
+        self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.dim, bias=c.patch_bias,
+                                      strict_img_size=False, dynamic_img_pad=False)
+        n_prefix = 1 if c.class_token else 0
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim)) if c.class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, c.grid * c.grid + n_prefix, c.dim))
+        self.norm_pre = build_norm("layernorm", c.dim, c.norm_eps) if c.pre_norm else nn.Identity()
+        self.transformer = Transformer(c.stack())
+        self.head = nn.Linear(c.dim, c.num_classes) if c.num_classes else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self):
+        self.apply(init_linear_xavier)
+        trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        if isinstance(self.head, nn.Linear):
+            nn.init.zeros_(self.head.weight)
+
+    def _pos(self, h: int, w: int) -> torch.Tensor:
+        n_prefix = 1 if self.cls_token is not None else 0
+        prefix, grid = self.pos_embed[:, :n_prefix], self.pos_embed[0, n_prefix:]
+        g = self.config.grid
+        return torch.cat([prefix, resample_pos_2d(grid, (g, g), (h, w))[None]], dim=1)  # (1, N, D)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> tokens (B, n_prefix + N, dim) after the final norm."""
+        if images.dim() != 4:
+            raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+        B, C, H, W = images.shape
+        if C != self.config.in_chans:
+            if C == 1:
+                images = images.expand(B, self.config.in_chans, H, W)
+            else:
+                raise ValueError(f"model takes {self.config.in_chans}-channel images, got {C} channels")
+        p = self.config.patch_size
+        if H % p or W % p:
+            raise ValueError(f"image size {H}x{W} is not divisible by patch size {p}")
+        x = self.patch_embed(images)  # (B, N, D)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)  # (B, 1 + N, D)
+        x = self.norm_pre(x + self._pos(H // p, W // p))
+        return self.transformer(x)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.config.pool == "cls":
+            return tokens[:, 0]
+        return tokens[:, 1 if self.cls_token is not None else 0:].mean(dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.forward_features(images)))
+
+    def example_inputs(self, batch_size: int = 2) -> dict:
+        c = self.config
+        return {"images": torch.randn(batch_size, c.in_chans, c.img_size, c.img_size)}
+
+
+_BASE = ViTConfig()
+register_preset("vit-test", _BASE.replace(img_size=32, patch_size=8, dim=32, depth=2, n_heads=2, num_classes=10))
+register_preset("vit-ti-16", _BASE.replace(dim=192, n_heads=3))
+register_preset("vit-s-16", _BASE.replace(dim=384, n_heads=6))
+register_preset("vit-b-16", _BASE)

@@ -1,0 +1,114 @@
+"""Multi-head attention on F.scaled_dot_product_attention with causal, bidirectional and
+key-padding masks, rotary positions, cross-attention and an incremental KV cache."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .pos import apply_rotary
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys and values for one layer: (B, H, max_len, Dh); `length` are filled."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    length: int = 0
+
+    @classmethod
+    def empty(cls, batch: int, n_heads: int, max_len: int, head_dim: int, device=None, dtype=None):
+        shape = (batch, n_heads, max_len, head_dim)
+        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = k.shape[2]
+        end = self.length + t
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache overflow: {end} positions > capacity {self.k.shape[2]}")
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+def build_attn_mask(
+    q_len: int, k_len: int, causal: bool, key_padding_mask: torch.Tensor | None, device
+) -> torch.Tensor | None:
+    """Boolean mask (B or 1, 1, q_len, k_len), True = attend. Queries are the last q_len keys."""
+    mask = None
+    if causal:
+        q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+        mask = (torch.arange(k_len, device=device)[None, :] <= q_pos)[None, None]  # (1, 1, Tq, Tk)
+    if key_padding_mask is not None:
+        kpm = key_padding_mask[:, None, None, :].bool()  # (B, 1, 1, Tk)
+        mask = kpm if mask is None else (mask & kpm)
+    return mask
+
+
+class Attention(nn.Module):
+    """Self-attention (or cross-attention when `kv_dim` is given).
+
+    forward(x, key_padding_mask=None, rope=None, cache=None, context=None) -> (B, T, C)
+    key_padding_mask: (B, Tk) bool, True for real tokens (Tk includes cached positions).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        causal: bool = False,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        kv_dim: int | None = None,
+    ):
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"dim={dim} must be divisible by n_heads={n_heads}")
+        self.n_heads, self.head_dim, self.causal = n_heads, dim // n_heads, causal
+        self.is_cross = kv_dim is not None
+        if self.is_cross:
+            self.q = nn.Linear(dim, dim, bias=qkv_bias)
+            self.kv = nn.Linear(kv_dim, 2 * dim, bias=qkv_bias)
+        else:
+            self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        b, n, _ = t.shape
+        return t.view(b, n, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, N, Dh)
+
+    def forward(self, x, key_padding_mask=None, rope=None, cache: KVCache | None = None, context=None):
+        B, T, C = x.shape
+        if self.is_cross:
+            q = self._split(self.q(x))
+            k, v = self.kv(context).chunk(2, dim=-1)
+            k, v = self._split(k), self._split(v)
+            causal = False
+        else:
+            q, k, v = (self._split(t) for t in self.qkv(x).chunk(3, dim=-1))  # each (B, H, T, Dh)
+            causal = self.causal
+            if rope is not None:
+                q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            if cache is not None:
+                k, v = cache.append(k, v)
+        Tk = k.shape[2]
+        if key_padding_mask is None and (not causal or T == Tk or T == 1):
+            # fast path: no explicit mask (a single new query may see every cached key)
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_drop if self.training else 0.0, is_causal=causal and T > 1
+            )
+        else:
+            mask = build_attn_mask(T, Tk, causal, key_padding_mask, x.device)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0
+            )
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.proj_drop(self.proj(y))

@@ -1,0 +1,52 @@
+"""Embeddings: patches (timm's PatchEmbed), timesteps and class labels."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.layers import PatchEmbed
+
+from .pos import timestep_frequencies
+
+__all__ = ["PatchEmbed", "TimestepEmbedder", "LabelEmbedder", "patchify", "unpatchify"]
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features of t -> MLP -> (N, dim)."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_frequencies(t, self.freq_dim).to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedder(nn.Module):
+    """Class labels -> (N, dim). Index `num_classes` is the null (unconditional) label for CFG."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+
+    @property
+    def null_id(self) -> int:
+        return self.num_classes
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.table(labels)
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/p * W/p, p*p*C)."""
+    B, C, H, W = x.shape
+    x = x.reshape(B, C, H // p, p, W // p, p)  # (B, C, h, p, w, p)
+    return torch.einsum("bchpwq->bhwpqc", x).reshape(B, (H // p) * (W // p), p * p * C)
+
+
+def unpatchify(x: torch.Tensor, p: int, c: int, h: int, w: int) -> torch.Tensor:
+    """(B, h*w, p*p*c) -> (B, c, h*p, w*p) for a grid of h x w patches."""
+    B = x.shape[0]
+    x = x.reshape(B, h, w, p, p, c)  # (B, h, w, p, p, c)
+    return torch.einsum("bhwpqc->bchpwq", x).reshape(B, c, h * p, w * p)

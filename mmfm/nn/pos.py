@@ -1,0 +1,81 @@
+"""Positions: learned absolute, fixed 2-D sin-cos, and rotary (RoPE)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class LearnedPosEmbed(nn.Module):
+    """Learned absolute positions: forward(positions (B, T) or (T,)) -> (.., T, dim)."""
+
+    def __init__(self, max_len: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(max_len, dim))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        if positions.max() >= self.weight.shape[0]:
+            raise ValueError(f"position {int(positions.max())} >= max_len {self.weight.shape[0]}")
+        return F.embedding(positions, self.weight)
+
+
+def sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    out = np.einsum("m,d->md", pos.reshape(-1).astype(np.float64), omega)  # (M, D/2)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)  # (M, D)
+
+
+def sincos_2d(dim: int, grid_h: int, grid_w: int | None = None) -> torch.Tensor:
+    """Fixed 2-D sin-cos table (grid_h * grid_w, dim) as in MAE / DiT."""
+    grid_w = grid_w or grid_h
+    gw, gh = np.meshgrid(np.arange(grid_w, dtype=np.float32), np.arange(grid_h, dtype=np.float32))
+    emb = np.concatenate([sincos_1d(dim // 2, gh), sincos_1d(dim // 2, gw)], axis=1)  # (H*W, D)
+    return torch.from_numpy(emb).float()
+
+
+def resample_pos_2d(pos: torch.Tensor, old_hw: tuple[int, int], new_hw: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize of a (N, D) 2-D position table from old_hw to new_hw grids."""
+    if tuple(old_hw) == tuple(new_hw):
+        return pos
+    d = pos.shape[-1]
+    grid = pos.reshape(1, old_hw[0], old_hw[1], d).permute(0, 3, 1, 2)  # (1, D, H, W)
+    grid = F.interpolate(grid.float(), size=new_hw, mode="bicubic", align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(new_hw[0] * new_hw[1], d).to(pos.dtype)  # (N', D)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE tables: forward(positions (B, T) or (T,)) -> (cos, sin) shaped to broadcast over heads."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[..., None] * self.inv_freq  # (.., T, Dh/2)
+        emb = torch.cat([freqs, freqs], dim=-1)  # (.., T, Dh)
+        if emb.dim() == 3:
+            emb = emb[:, None]  # (B, 1, T, Dh)
+        return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, Dh); rotate-half formulation (GPT-NeoX / Llama)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+def timestep_frequencies(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features of (possibly fractional) timesteps: (N,) -> (N, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].float() * freqs[None]  # (N, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb

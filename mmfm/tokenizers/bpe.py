@@ -1,0 +1,59 @@
+"""Byte-level BPE (GPT-2 style) trained with HF `tokenizers`; lossless on any unicode text."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from .base import Tokenizer, register_tokenizer
+
+
+@register_tokenizer
+class ByteBPETokenizer(Tokenizer):
+    kind = "bpe"
+
+    def __init__(self, hf: HFTokenizer):
+        self.hf = hf
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 4096, special_tokens: tuple[str, ...] = (),
+              min_frequency: int = 2) -> "ByteBPETokenizer":
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+        specials = [cls.pad_token, cls.eos_token] + [s for s in special_tokens if s not in (cls.pad_token, cls.eos_token)]
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        hf.train_from_iterator(texts, trainer=trainer)
+        return cls(hf)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size()
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return {t.content: i for i, t in self.hf.get_added_tokens_decoder().items()}
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.hf.token_to_id(token)
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        """Fast parallel encoding of many texts (no padding)."""
+        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def _save(self, path: Path) -> dict:
+        self.hf.save(str(path / "tokenizer.json"))
+        return {"file": "tokenizer.json"}
+
+    @classmethod
+    def _load(cls, path: Path, meta: dict) -> "ByteBPETokenizer":
+        return cls(HFTokenizer.from_file(str(path / meta["file"])))

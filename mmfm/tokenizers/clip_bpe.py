@@ -1,0 +1,54 @@
+"""open_clip's bundled CLIP BPE (lower-cased, whitespace-cleaned; vocabulary ships with open_clip)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .base import Tokenizer, register_tokenizer
+
+
+@register_tokenizer
+class ClipTokenizer(Tokenizer):
+    kind = "clip"
+    eos_token = "<end_of_text>"
+    bos_token = "<start_of_text>"
+
+    def __init__(self, context_length: int = 77):
+        from open_clip.tokenizer import SimpleTokenizer
+
+        self.tok = SimpleTokenizer(context_length=context_length)
+        self.context_length = context_length
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tok.encoder)
+
+    @property
+    def pad_id(self) -> int:
+        return 0  # open_clip pads with 0
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return {self.bos_token: self.tok.sot_token_id, self.eos_token: self.tok.eot_token_id}
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.tok.encoder.get(token)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text)
+
+    def decode(self, ids) -> str:
+        ids = [int(i) for i in ids if int(i) not in (0, self.tok.sot_token_id, self.tok.eot_token_id)]
+        return self.tok.decode(ids).strip()
+
+    def encode_batch(self, texts, max_len=None, add_special=True, pad_to_max=True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like open_clip's tokenizer: [sot] ids [eot] padded with 0 to the context length."""
+        return super().encode_batch(texts, max_len or self.context_length, add_special, pad_to_max)
+
+    def _save(self, path: Path) -> dict:
+        return {"context_length": self.context_length}
+
+    @classmethod
+    def _load(cls, path: Path, meta: dict) -> "ClipTokenizer":
+        return cls(meta.get("context_length", 77))

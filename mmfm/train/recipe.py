@@ -1,0 +1,155 @@
+"""The one recipe contract: shared flags, overrides routed to configs, device/precision choice,
+a Lightning Trainer with progress bar + CSV logs + checkpoints, and the files every run writes."""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError, closest
+
+log = logging.getLogger(__name__)
+
+
+def parse_value(text: str):
+    """'3' -> 3, '1e-3' -> 0.001, 'true' -> True, '[1,2]' -> [1, 2], anything else stays a string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def recipe_parser(description: str, preset: str, max_steps: int, out: str) -> argparse.ArgumentParser:
+    """Flags every recipe takes; a recipe may add its own before parsing. Trailing `key=value`
+    items override fields of the model config or the recipe's own config."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default=out, help="output folder (model, metrics.json, plots, logs, checkpoints)")
+    p.add_argument("--max-steps", type=int, default=max_steps, help="optimizer steps")
+    p.add_argument("--preset", default=preset, help="model preset name or a saved model folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--devices", type=int, default=1, help="processes/GPUs on this node")
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--strategy", default="auto", help="Lightning strategy: auto, ddp, fsdp, ...")
+    p.add_argument("--resume", default=None, help="an earlier run's --out folder to continue from")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. n_layer=6 lr=3e-4")
+    return p
+
+
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    pairs = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"override {item!r} must look like key=value")
+        pairs[key.strip().replace("-", "_")] = parse_value(value)
+    args.overrides = pairs
+    return args
+
+
+def split_overrides(overrides: dict, **targets) -> dict[str, dict]:
+    """Route each override to the first target (a dataclass instance or a set of names) that has the key."""
+    names = {t: ({f.name for f in dataclasses.fields(v)} if dataclasses.is_dataclass(v) else set(v))
+             for t, v in targets.items()}
+    routed = {t: {} for t in targets}
+    for key, value in overrides.items():
+        owner = next((t for t, n in names.items() if key in n), None)
+        if owner is None:
+            raise ConfigError(f"unknown override {key!r}{closest(key, set().union(*names.values()))}")
+        routed[owner][key] = value
+    return routed
+
+
+def resolve_accelerator(device: str) -> tuple[str, str]:
+    """(Lightning accelerator, precision): bf16-mixed on CUDA, fp32 on CPU (bf16 is 10-150x slower there)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA device is visible")
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return "gpu", "bf16-mixed"
+    return "cpu", "32-true"
+
+
+def checkpoint_to_resume(resume: str | None) -> str | None:
+    if resume is None:
+        return None
+    ckpt = Path(resume) / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"--resume {resume}: no checkpoint at {ckpt}")
+    return str(ckpt)
+
+
+def make_trainer(args: argparse.Namespace, callbacks=(), val_every: int | None = None, ckpt_every: int = 500, **kw):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    accelerator, precision = resolve_accelerator(args.device)
+    ckpt = ModelCheckpoint(dirpath=Path(args.out) / "checkpoints", save_last=True, save_top_k=0,
+                           every_n_train_steps=ckpt_every)
+    kw.setdefault("log_every_n_steps", 10)
+    return L.Trainer(
+        accelerator=accelerator, devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
+        precision=precision, max_steps=args.max_steps, max_epochs=-1, default_root_dir=args.out,
+        logger=CSVLogger(args.out, name="logs", version=""), enable_model_summary=False,
+        callbacks=[TQDMProgressBar(refresh_rate=10), ckpt, *callbacks],
+        val_check_interval=val_every, check_val_every_n_epoch=None if val_every else 1, **kw,
+    )
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "/"))
+        else:
+            out[key] = v.item() if isinstance(v, torch.Tensor) else v
+    return out
+
+
+def write_metrics(out: str | os.PathLike, metrics: dict, name: str = "metrics.json") -> Path:
+    """Atomically write a flat JSON object of final metrics."""
+    from ..checkpoint import atomic_write_text
+
+    path = Path(out) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(flatten(metrics), indent=2, sort_keys=True))
+    log.info("wrote %s", path)
+    return path
+
+
+class Timer:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def finish(args: argparse.Namespace, model, metrics: dict, timer: Timer | None = None) -> dict:
+    """Save the final model folder to <out>/model and write <out>/metrics.json (with wall_s)."""
+    out = Path(args.out)
+    model.save_pretrained(out / "model")
+    if timer is not None:
+        metrics = {**metrics, "wall_s": round(timer.elapsed, 2)}
+    write_metrics(out, metrics)
+    log.info("final metrics: %s", json.dumps(flatten(metrics)))
+    return metrics
