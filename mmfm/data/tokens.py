@@ -1,0 +1,133 @@
+"""Token files on disk and random windows streamed from them (no tokenization in the training loop).
+
+A token folder holds `train.bin` and `val.bin` (uint16 ids), `tokenizer/` and `meta.json`:
+
+    build_token_files(text, "data/shakespeare/char", tokenizer="char")
+    train = TokenWindows("data/shakespeare/char/train.bin", block_size=256, batch_size=32, seed=0)
+    x, y = train.batch(step)  # (B, T) each; a pure function of (seed, step)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import atomic_write_text
+
+log = logging.getLogger(__name__)
+META = "meta.json"
+
+
+def write_tokens(path: str | os.PathLike, ids) -> Path:
+    """Write token ids as a flat uint16 array (ids must be < 65536)."""
+    arr = np.asarray(ids, dtype=np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= 2**16):
+        raise ValueError(f"token ids must lie in [0, 65535] for uint16 files, got [{arr.min()}, {arr.max()}]")
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    arr.astype(np.uint16).tofile(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_tokens(path: str | os.PathLike) -> np.memmap:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no token file at {path}; build it first (e.g. python datasets/shakespeare.py)")
+    return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+def train_tokenizer(text: str, kind: str, vocab_size: int = 4096):
+    from ..tokenizers import ByteBPETokenizer, CharTokenizer
+
+    if kind == "char":
+        return CharTokenizer.train(text)
+    if kind == "bpe":
+        return ByteBPETokenizer.train([text[i:i + 100_000] for i in range(0, len(text), 100_000)], vocab_size)
+    raise ValueError(f"unknown tokenizer kind {kind!r}; choose 'char' or 'bpe'")
+
+
+def build_token_files(text: str, out: str | os.PathLike, tokenizer: str = "char", val_fraction: float = 0.1,
+                      vocab_size: int = 4096, source: str = "") -> dict:
+    """Split `text` by position (first 1 - val_fraction for training, the rest held out), train a
+    tokenizer on the training part, write train.bin / val.bin / tokenizer/ / meta.json under `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cut = int(len(text) * (1 - val_fraction))
+    train_text, val_text = text[:cut], text[cut:]
+    # a char vocabulary covers the whole text (as nanoGPT's): a held-out character must stay encodable
+    tok = train_tokenizer(text if tokenizer == "char" else train_text, tokenizer, vocab_size)
+    tok.save(out / "tokenizer")
+    meta = {"source": source, "tokenizer": tokenizer, "vocab_size": tok.vocab_size, "chars": len(text),
+            "distinct_chars": len(set(text)), "val_fraction": val_fraction, "train_chars": len(train_text),
+            "val_chars": len(val_text)}
+    for split, part in (("train", train_text), ("val", val_text)):
+        ids = tok.encode(part)
+        write_tokens(out / f"{split}.bin", ids)
+        meta[f"{split}_tokens"] = len(ids)
+    atomic_write_text(out / META, json.dumps(meta, indent=2))
+    log.info("wrote %s: %s", out, meta)
+    return meta
+
+
+def read_meta(folder: str | os.PathLike) -> dict:
+    path = Path(folder) / META
+    if not path.is_file():
+        raise FileNotFoundError(f"no {META} in {folder}; build the token folder first")
+    return json.loads(path.read_text())
+
+
+class TokenWindows(torch.utils.data.IterableDataset):
+    """An endless stream of random (x, y) windows, y = x shifted by one, each (B, T) int64.
+
+    The batch of global step i is `batch(i)`, a pure function of (seed, i): resuming at step i only
+    needs `load_state_dict({"step": i})` (or `start_step=i`). Use with DataLoader(batch_size=None).
+    """
+
+    def __init__(self, path, block_size: int, batch_size: int, seed: int = 0, start_step: int = 0):
+        super().__init__()
+        self.path, self.block_size, self.batch_size, self.seed = Path(path), block_size, batch_size, seed
+        self.step = start_step
+        n = len(read_tokens(self.path))
+        if n <= block_size:
+            raise ValueError(f"{self.path} holds {n} tokens, fewer than block_size + 1 = {block_size + 1}")
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        data = read_tokens(self.path)  # a memmap: cheap to open, nothing is read into memory
+        rng = np.random.default_rng([self.seed, step])
+        starts = rng.integers(0, len(data) - self.block_size, size=self.batch_size)
+        idx = starts[:, None] + np.arange(self.block_size + 1)  # (B, T + 1)
+        chunk = torch.from_numpy(data[idx].astype(np.int64))  # (B, T + 1)
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def __iter__(self):
+        while True:
+            out = self.batch(self.step)
+            self.step += 1
+            yield out
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.seed = int(state["step"]), int(state.get("seed", self.seed))
+
+
+def val_windows(path, block_size: int, max_tokens: int | None = None) -> torch.utils.data.TensorDataset:
+    """Fixed, non-overlapping (x, y) windows covering the split (or `max_tokens` of it, spread evenly)."""
+    data = read_tokens(path)
+    n_win = (len(data) - 1) // block_size
+    if n_win < 1:
+        raise ValueError(f"{path} holds {len(data)} tokens, fewer than block_size + 1 = {block_size + 1}")
+    if max_tokens is not None:
+        keep = max(1, min(n_win, max_tokens // block_size))
+        starts = np.linspace(0, n_win - 1, keep).round().astype(np.int64) * block_size
+    else:
+        starts = np.arange(n_win, dtype=np.int64) * block_size
+    idx = starts[:, None] + np.arange(block_size + 1)  # (N, T + 1)
+    chunk = torch.from_numpy(data[idx].astype(np.int64))  # (N, T + 1)
+    return torch.utils.data.TensorDataset(chunk[:, :-1], chunk[:, 1:])
