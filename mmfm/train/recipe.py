@@ -83,29 +83,45 @@ def resolve_accelerator(device: str) -> tuple[str, str]:
 
 
 def checkpoint_to_resume(resume: str | None) -> str | None:
+    """The newest intact checkpoint of an earlier run's --out folder (None when not resuming)."""
     if resume is None:
         return None
-    ckpt = Path(resume) / "checkpoints" / "last.ckpt"
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"--resume {resume}: no checkpoint at {ckpt}")
-    return str(ckpt)
+    from .reliability import find_resume_checkpoint
+
+    path = find_resume_checkpoint(resume)
+    log.info("resuming from %s", path)
+    return str(path)
 
 
-def make_trainer(args: argparse.Namespace, callbacks=(), val_every: int | None = None, ckpt_every: int = 500, **kw):
+def make_trainer(args: argparse.Namespace, callbacks=(), val_every: int | None = None, ckpt_every: int = 500,
+                 keep_last: int = 2, best_metric: str | None = None, **kw):
+    """A Trainer that follows the contract: progress bar, CSV logs, crash-safe checkpoints every `ckpt_every`
+    steps (the last `keep_last` plus last.ckpt, and the best by `best_metric` if given), exact RNG resume,
+    and a stop on a non-finite loss."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
+    from .reliability import NonFiniteGuard, RNGState, SafeCheckpointIO
+
     accelerator, precision = resolve_accelerator(args.device)
-    ckpt = ModelCheckpoint(dirpath=Path(args.out) / "checkpoints", save_last=True, save_top_k=0,
-                           every_n_train_steps=ckpt_every)
+    folder = Path(args.out) / "checkpoints"
+    ckpts = [ModelCheckpoint(dirpath=folder, filename="step{step:07d}", auto_insert_metric_name=False,
+                             save_last=True, save_top_k=keep_last, monitor="step", mode="max",
+                             every_n_train_steps=ckpt_every)]
+    if best_metric:
+        ckpts.append(ModelCheckpoint(dirpath=folder, filename="best", monitor=best_metric, mode="min",
+                                     save_top_k=1, auto_insert_metric_name=False))
     kw.setdefault("log_every_n_steps", 10)
+    kw.setdefault("logger", CSVLogger(args.out, name="logs", version=""))
+    bar = [TQDMProgressBar(refresh_rate=10)] if kw.get("enable_progress_bar", True) else []
     return L.Trainer(
         accelerator=accelerator, devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
         precision=precision, max_steps=args.max_steps, max_epochs=-1, default_root_dir=args.out,
-        logger=CSVLogger(args.out, name="logs", version=""), enable_model_summary=False,
-        callbacks=[TQDMProgressBar(refresh_rate=10), ckpt, *callbacks],
-        val_check_interval=val_every, check_val_every_n_epoch=None if val_every else 1, **kw,
+        enable_model_summary=False,
+        callbacks=[*bar, RNGState(), NonFiniteGuard(), *ckpts, *callbacks],
+        plugins=[SafeCheckpointIO()], val_check_interval=val_every,
+        check_val_every_n_epoch=None if val_every else 1, **kw,
     )
 
 
