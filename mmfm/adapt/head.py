@@ -1,0 +1,52 @@
+"""Task heads on mmfm image backbones: any ViT, or a CLIP's image tower (`clip.visual`).
+
+The adapted model stays a plain mmfm ViT whose `head` is a Linear and whose `config.num_classes`
+is the head's width, so `save_pretrained` writes a normal folder that `build_model` loads.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch.nn as nn
+
+from ..models.clip import CLIP
+from ..models.vit import ViT
+from ..registry import build_model, get_config, model_class, read_config
+
+log = logging.getLogger(__name__)
+
+
+def image_backbone(model: nn.Module) -> ViT:
+    """The ViT that turns images into features: the model itself, or CLIP's `visual` tower."""
+    if isinstance(model, ViT):
+        return model
+    if isinstance(model, CLIP):
+        return model.visual
+    raise TypeError(f"no image backbone in a {type(model).__name__}; use a ViT or CLIP preset or folder")
+
+
+def source_config(init: str | os.PathLike, **overrides):
+    """The config of a preset or saved folder (a ViTConfig or CLIPConfig), with overrides."""
+    path = os.fspath(init)
+    cfg = read_config(Path(path)) if (Path(path) / "config.json").is_file() else get_config(path)
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def load_backbone(init: str | os.PathLike, from_scratch: bool = False, **overrides) -> ViT:
+    """The image backbone of a preset or saved folder; `from_scratch` builds the same architecture
+    with freshly initialised weights (the baseline a pretrained backbone must beat)."""
+    if not from_scratch:
+        return image_backbone(build_model(init, **overrides))
+    cfg = source_config(init, **overrides)
+    return image_backbone(model_class(cfg.family)(cfg))
+
+
+def attach_head(vit: ViT, n_outputs: int) -> ViT:
+    """Replace the ViT's head by a fresh zero-initialised Linear(dim, n_outputs), in place."""
+    vit.config = vit.config.replace(num_classes=n_outputs)
+    vit.head = nn.Linear(vit.config.dim, n_outputs)
+    nn.init.zeros_(vit.head.weight)
+    nn.init.zeros_(vit.head.bias)
+    return vit

@@ -1,0 +1,32 @@
+"""LoRA through peft on the shared stack's Linear layers, and merging back to a plain mmfm model."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+# nn.Linear names in mmfm/nn (Attention.qkv / .proj, Mlp.fc1 / .fc2); peft matches them as name suffixes
+LORA_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+
+
+def add_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+             targets=LORA_TARGETS, trainable=("head",)) -> nn.Module:
+    """A peft model: LoRA adapters on `targets`, every base weight frozen except the modules named
+    in `trainable` (the task head), which stay trainable and are kept as they are by merging."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets))
+    peft_model = get_peft_model(model, config)
+    for name in trainable:
+        for p in model.get_submodule(name).parameters():
+            p.requires_grad_(True)
+    return peft_model
+
+
+def is_lora(model: nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold the adapters into the base weights; returns the plain mmfm model (save_pretrained works)."""
+    return model.merge_and_unload() if is_lora(model) else model

@@ -1,0 +1,132 @@
+"""Fine-tune an mmfm image backbone (ViT, or CLIP's image tower) on a labelled task: linear probe, LoRA or full.
+
+    python datasets/brain_mri_patches.py                    # builds data/brain_mri_patches.npz (one-time)
+    python recipes/finetune.py --init runs/clip/model --data brain_mri --method lora
+    python recipes/finetune.py --init vit-test --data my_medmnist.npz --method full label_fraction=0.1 weighted_loss=true
+
+`--data`: a MedMNIST-layout .npz (task kind and label names from keys in the file or medmnist.INFO by
+file name), `brain_mri`, `digits` or `animals`. Early stopping on the validation loss; the best
+validation checkpoint is restored before testing. Writes <out>/model (a plain mmfm ViT with the task
+head, LoRA merged: mmfm.build_model(<out>/model)), <out>/metrics.json (flat keys: val/..., test/...),
+confusion_{val,test}.png, loss.png, logs/ and checkpoints/.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from mmfm.adapt import (METHODS, TaskKind, balanced_weights, build_adapted, count_params, is_lora, merge_lora,
+                        source_config)
+from mmfm.adapt.data import label_subset, load_task, pixel_stats, to_backbone_input
+from mmfm.adapt.task import AdaptTask
+from mmfm.eval.classification import classification_metrics, confusion, plot_confusion
+from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
+from mmfm.train.classify import predict
+
+log = logging.getLogger("finetune")
+METHOD_LR = {"linear": 3e-3, "lora": 1e-3, "full": 3e-4}
+
+
+@dataclass
+class FinetuneTrain:
+    lr: float | None = None  # None: METHOD_LR[method]
+    batch_size: int = 64
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    label_fraction: float = 1.0  # share of the training labels used (stratified per class)
+    weighted_loss: bool = False  # inverse-frequency class weights / pos_weight from the training labels
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    val_every: int = 50  # steps between validations
+    patience: int = 4  # validations without a better val/loss before stopping
+    img_size: int = 0  # 0: the backbone's own input size
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    progress: bool = True  # the progress bar (off for grids of runs)
+
+
+def build_parser():
+    p = recipe_parser(__doc__.splitlines()[0], "vit-test", 1000, "runs/finetune")
+    p.add_argument("--init", dest="preset", help="the backbone: a preset or saved folder (same as --preset)")
+    p.add_argument("--data", default="brain_mri", help="a MedMNIST-layout .npz, brain_mri, digits or animals")
+    p.add_argument("--method", default="linear", choices=METHODS)
+    p.add_argument("--from-scratch", action="store_true", help="same architecture, random initial weights")
+    return p
+
+
+def make_inputs(task, vit_cfg, stats, train: FinetuneTrain, seed: int):
+    """{split: (images, targets)} with the training split cut to `label_fraction`."""
+    size = train.img_size or vit_cfg.img_size
+    out = {s: (to_backbone_input(task.images[s], size, vit_cfg.in_chans, *stats), task.targets(s))
+           for s in ("train", "val", "test")}
+    keep = label_subset(out["train"][1], train.label_fraction, seed)
+    out["train"] = (out["train"][0][keep], out["train"][1][keep])
+    return out
+
+
+def evaluate(model, kind: TaskKind, data, names, out: Path) -> dict:
+    metrics = {}
+    for split in ("val", "test"):
+        images, targets = data[split]
+        scores = kind.scores(predict(model, images))
+        metrics.update(classification_metrics(kind.kind, scores, targets, prefix=f"{split}/"))
+        plot_confusion(confusion(kind.kind, scores, targets), names, out / f"confusion_{split}.png", f"{split} ({out.name})")
+    return metrics
+
+
+def restore_best(trainer, task, val_loader) -> float:
+    """Load the best-val/loss checkpoint into `task` (Lightning's own loader); returns that val/loss."""
+    best = next((c for c in trainer.checkpoint_callbacks if c.monitor == "val/loss"), None)
+    if best is None or not best.best_model_path:
+        return float("nan")
+    return trainer.validate(task, val_loader, ckpt_path=best.best_model_path, verbose=False)[0]["val/loss"]
+
+
+def main(argv=None):
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    setup_logging()
+    args = parse_args(build_parser(), argv)
+    cfg = source_config(args.preset)
+    routed = split_overrides(args.overrides, model=cfg, train=FinetuneTrain())
+    train = FinetuneTrain(**routed["train"])
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    torch.manual_seed(args.seed)
+    task = load_task(args.data)
+    kind = TaskKind(task.kind, task.n_classes)
+    lora = dict(lora_rank=train.lora_rank, lora_alpha=train.lora_alpha, lora_dropout=train.lora_dropout)
+    model = build_adapted(args.preset, kind.n_outputs, args.method, args.from_scratch,
+                          lora if args.method == "lora" else None, **routed["model"])
+    vit_cfg = (model.get_base_model() if is_lora(model) else model).config
+    data = make_inputs(task, vit_cfg, pixel_stats(cfg.replace(**routed["model"])), train, args.seed)
+    if train.weighted_loss:
+        kind.weight = balanced_weights(data["train"][1], kind.kind, kind.n_classes)
+    log.info("%s on %s (%s, %d classes): %d train / %d val / %d test, %s", args.method, task.name, kind.kind,
+             kind.n_classes, len(data["train"][1]), len(data["val"][1]), len(data["test"][1]), count_params(model))
+
+    lr = train.lr if train.lr is not None else METHOD_LR[args.method]
+    module = AdaptTask(model, kind, lr, train.weight_decay, train.warmup_steps, args.max_steps)
+    loader = DataLoader(TensorDataset(*data["train"]), batch_size=min(train.batch_size, len(data["train"][1])),
+                        shuffle=True, generator=torch.Generator().manual_seed(args.seed))
+    val_loader = DataLoader(TensorDataset(*data["val"]), batch_size=512)
+    hist = LossHistory(args.out, title=f"{args.method} on {task.name}")
+    stop = EarlyStopping(monitor="val/loss", mode="min", patience=train.patience)
+    timer = Timer()
+    trainer = make_trainer(args, callbacks=[hist, stop], val_every=train.val_every, best_metric="val/loss",
+                           num_sanity_val_steps=0, enable_progress_bar=train.progress)
+    trainer.fit(module, loader, val_loader)
+    best_val_loss = restore_best(trainer, module, val_loader)
+    metrics = {**evaluate(model, kind, data, task.label_names, Path(args.out)), "val/best_loss": best_val_loss,
+               "steps": trainer.global_step, "stopped_early": stop.wait_count >= stop.patience, "method": args.method,
+               "init": str(args.preset), "from_scratch": args.from_scratch, "data": task.name, "kind": kind.kind,
+               "label_fraction": train.label_fraction, "n_train": len(data["train"][1]), **count_params(model)}
+    return finish(args, merge_lora(model), metrics, timer)
+
+
+if __name__ == "__main__":
+    main()
