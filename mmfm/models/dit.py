@@ -133,6 +133,9 @@ class DiT(Model):
 _BASE = DiTConfig()
 register_preset("dit-test", _BASE.replace(input_size=16, patch_size=4, in_channels=1, hidden_size=32, depth=2,
                                           num_heads=2, num_classes=10, learn_sigma=False))
+# 28x28 grey images (MNIST-5k, animal silhouettes): 7x7 patches of 4 px, 20 classes
+register_preset("dit-mini-4", _BASE.replace(input_size=28, patch_size=4, in_channels=1, hidden_size=128, depth=6,
+                                            num_heads=4, num_classes=20, learn_sigma=False))
 register_preset("dit-s-2", _BASE.replace(hidden_size=384, depth=12, num_heads=6))
 register_preset("dit-b-2", _BASE.replace(hidden_size=768, depth=12, num_heads=12))
 register_preset("dit-xl-2", _BASE)

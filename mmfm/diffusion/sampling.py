@@ -1,0 +1,47 @@
+"""Sampling with classifier-free guidance through any diffusers scheduler (DDIM, DPM-Solver++, ...)."""
+from __future__ import annotations
+
+import torch
+
+from .objective import null_condition
+
+
+def guide(cond_out: torch.Tensor, uncond_out: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance on all channels: uncond + scale * (cond - uncond); scale 1 = conditional."""
+    return uncond_out + scale * (cond_out - uncond_out)
+
+
+def _cat(a: dict, b: dict) -> dict:
+    return {k: (None if a[k] is None else torch.cat([a[k], b[k]])) for k in a}
+
+
+def guided_output(model, x: torch.Tensor, t: torch.Tensor, cond: dict, null_label: int | None,
+                  scale: float) -> torch.Tensor:
+    """One guided network evaluation: a single batch of 2B rows (conditional, then null) unless scale == 1."""
+    if scale == 1.0 or not cond:
+        return model(x, t, **cond)
+    both = model(torch.cat([x, x]), torch.cat([t, t]), **_cat(cond, null_condition(cond, null_label)))  # (2B, ...)
+    c, u = both.chunk(2)
+    return guide(c, u, scale)
+
+
+@torch.no_grad()
+def sample(model, scheduler, shape: tuple, cond: dict | None = None, guidance_scale: float = 1.0,
+           steps: int = 50, null_label: int | None = None, generator: torch.Generator | None = None,
+           device=None, noise: torch.Tensor | None = None, progress=None) -> torch.Tensor:
+    """Draw x_T ~ N(0, I) (from `generator`: same seed, same samples; or take `noise`) and denoise with
+    `scheduler` in `steps` steps; returns x_0 (shape) clamped to [-1, 1]. `null_label` defaults to
+    model.null_label when present."""
+    cond = cond or {}
+    device = device or next(model.parameters()).device
+    if null_label is None:
+        null_label = getattr(model, "null_label", None)
+    C = shape[1]
+    x = noise if noise is not None else torch.randn(shape, generator=generator)
+    x = x.to(device) * scheduler.init_noise_sigma
+    scheduler.set_timesteps(steps, device=device)
+    for t in (progress(scheduler.timesteps) if progress else scheduler.timesteps):
+        tb = t.expand(shape[0]).to(device)  # (B,)
+        out = guided_output(model, scheduler.scale_model_input(x, t), tb, cond, null_label, guidance_scale)
+        x = scheduler.step(out[:, :C], t, x, generator=generator).prev_sample
+    return x.clamp(-1, 1)

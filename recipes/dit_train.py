@@ -1,0 +1,130 @@
+"""Class-conditional (or text-conditional) DiT on the real 28x28 data: MNIST-5k digits + animal silhouettes.
+
+    python recipes/dit_train.py                                   # 20 classes, CPU, <= 15 min, runs/dit
+    python recipes/dit_train.py prediction_type=v_prediction depth=4 --max-steps 500 --out runs/dit_v
+    python recipes/dit_train.py --preset dit-mini-4 text_encoder=runs/clip/model --out runs/dit_text
+
+Writes <out>/model (EMA weights + scheduler/ + diffusion.json), <out>/samples.png (rows = classes,
+columns = seeds) and samples/step_*.png, <out>/metrics.json (conditional accuracy and FID in the
+runs/vit classifier's feature space, beside the real-vs-real floor), loss.png, logs/, checkpoints/.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import mmfm
+from mmfm.diffusion import make_sampler, make_train_scheduler, save_scheduler
+from mmfm.diffusion.text import PromptConditioner
+from mmfm.eval.gen_quality import evaluate
+from mmfm.registry import read_config
+from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
+from mmfm.train.classify import load_labelled
+from mmfm.train.diffusion import DiffusionTask, SampleGrid, label_condition
+from mmfm.train.ema import EMA
+
+log = logging.getLogger("dit_train")
+
+
+@dataclass
+class DiTTrain:
+    datasets: str = "digits,animals"
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    p_uncond: float = 0.1  # condition dropout (classifier-free guidance)
+    ema_decay: float = 0.999
+    prediction_type: str = "epsilon"  # or v_prediction
+    beta_schedule: str = "squaredcos_cap_v2"
+    sample_every: int = 500  # steps between sample grids (0: only at the end)
+    sampler: str = "dpm++"  # ddim, dpm++, ddpm, euler
+    sample_steps: int = 20
+    guidance_scale: float = 2.0  # for the grid and the final metrics
+    classifier: str = "runs/vit/model"  # quality classifier (recipes/vit_classify.py); metrics skipped if absent
+    eval_seed: int = 0
+    text_encoder: str = ""  # a saved mmfm CLIP folder: condition on its text tower (frozen) instead of labels
+    text_tokens: bool = False  # also cross-attend over the text tokens (needs text_encoder)
+    limit: int | None = None  # images per dataset and split (tests, smoke runs)
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+
+
+def build(args, train: DiTTrain, model_over: dict, n_classes: int, prompts):
+    shape = {"num_classes": n_classes}
+    if prompts is not None:
+        shape = {"num_classes": 0, "text_dim": prompts.text_dim, "context_dim": prompts.context_dim if train.text_tokens else 0}
+    if Path(args.preset).is_dir():
+        shape = {}
+    return mmfm.build_model(args.preset, **{**shape, **model_over})
+
+
+def main(argv=None):
+    setup_logging()
+    args = parse_args(recipe_parser(__doc__.splitlines()[0], "dit-mini-4", 2000, "runs/dit"), argv)
+    cfg = read_config(Path(args.preset)) if Path(args.preset).is_dir() else mmfm.get_config(args.preset)
+    routed = split_overrides(args.overrides, model=cfg, train=DiTTrain())
+    train = DiTTrain(**routed["train"])
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    torch.manual_seed(args.seed)
+    names = tuple(train.datasets.split(","))
+    data = load_labelled(names, "train", limit=train.limit)
+    prompts = PromptConditioner.from_folder(train.text_encoder, data.class_names, train.text_tokens) if train.text_encoder else None
+    model = build(args, train, routed["model"], len(data.class_names), prompts)
+    scheduler = make_train_scheduler(train.prediction_type, train.beta_schedule)
+    condition = prompts.batch_condition if prompts else label_condition
+    rows = torch.arange(len(data.class_names))
+    grid_cond = prompts.condition(rows) if prompts else {"y": rows}
+    log.info("%s: %d params, %d train images, classes %s", args.preset, model.num_params(), len(data.labels), data.class_names)
+
+    ema = EMA(train.ema_decay)
+    grid = SampleGrid(args.out, grid_cond, data.class_names, every=train.sample_every, sampler=train.sampler,
+                      steps=train.sample_steps, guidance_scale=train.guidance_scale, ema=ema)
+    hist = LossHistory(args.out, prefixes=("train/loss",), title="DiT denoising loss")
+    task = DiffusionTask(model, scheduler, condition, train.lr, train.weight_decay, train.warmup_steps, args.max_steps,
+                         train.p_uncond)
+    loader = DataLoader(TensorDataset(data.images, data.labels), batch_size=train.batch_size, shuffle=True,
+                        drop_last=True, generator=torch.Generator().manual_seed(args.seed))
+    timer = Timer()
+    trainer = make_trainer(args, callbacks=[ema, grid, hist], limit_val_batches=0)
+    trainer.fit(task, loader, ckpt_path=args.resume and str(Path(args.resume) / "checkpoints" / "last.ckpt"))
+    train_s = timer.elapsed
+    metrics = {"train/loss": float(trainer.callback_metrics["train/loss"]), "steps": trainer.global_step,
+               "train_s": round(train_s, 2), "guidance_scale": train.guidance_scale, "sampler": train.sampler,
+               "sample_steps": train.sample_steps, "params": model.num_params()}
+    metrics.update(quality(ema.model, scheduler, train, names, prompts))
+    metrics["eval_s"] = round(timer.elapsed - train_s, 2)
+    save_scheduler(scheduler, Path(args.out) / "model")
+    meta = {"class_names": data.class_names, "datasets": list(names), "text_encoder": train.text_encoder,
+            "text_tokens": train.text_tokens, "train": asdict(train)}
+    (Path(args.out) / "model").mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "model" / "diffusion.json").write_text(json.dumps(meta, indent=2))
+    return finish(args, ema.model, metrics, timer)
+
+
+def quality(model, scheduler, train: DiTTrain, names, prompts) -> dict:
+    """Conditional accuracy and FID by the independent classifier (+ CLIP retrieval for text runs)."""
+    if not (Path(train.classifier) / "config.json").is_file():
+        log.warning("no classifier at %s (run recipes/vit_classify.py): quality metrics skipped", train.classifier)
+        return {}
+    classifier = mmfm.build_model(train.classifier).eval()
+    test = load_labelled(names, "test", limit=train.limit)
+    sampler = make_sampler(train.sampler, scheduler.config)
+    cond_fn = prompts.condition if prompts else None
+    kept: dict = {}
+    out = evaluate(model.eval(), sampler, classifier, test, train.guidance_scale, train.sample_steps, train.eval_seed,
+                   cond_fn, keep=kept)
+    if prompts is not None:  # does CLIP itself find each sample's prompt among the class prompts?
+        for name, (fake, labels) in kept.items():
+            out[f"clip_prompt_top1/{name}"] = prompts.retrieval(fake, labels)
+            out[f"clip_prompt_top1_real/{name}"] = prompts.retrieval(test.of(name).images, test.of(name).labels)
+    return out
+
+
+if __name__ == "__main__":
+    main()
