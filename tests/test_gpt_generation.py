@@ -1,0 +1,108 @@
+"""GPT generation: cache == no cache, batched == one at a time, sampling filters, stops, log-probs."""
+import pytest
+import torch
+
+import mmfm
+from mmfm.models.generation import filter_logits, left_pad, sample_next
+from mmfm.tokenizers import CharTokenizer
+
+PROMPTS = [[1, 2, 3, 4, 5, 6, 7], [8, 9, 10], [11]]
+
+
+@pytest.fixture(params=["learned", "rope"])
+def model(request):
+    return mmfm.build_model("gpt-test", pos=request.param).eval()
+
+
+def test_greedy_cache_equals_no_cache(model):
+    with_cache = model.generate(PROMPTS, 24, temperature=0)
+    without = model.generate(PROMPTS, 24, temperature=0, use_cache=False)
+    assert with_cache.tolist() == without.tolist()
+    assert with_cache.tokens.shape == (3, 24) and with_cache.lengths.tolist() == [24, 24, 24]
+
+
+def test_greedy_matches_argmax_of_full_forward(model):
+    out = model.generate([PROMPTS[0]], 5, temperature=0).tolist()[0]
+    seq = list(PROMPTS[0])
+    for _ in range(5):
+        seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    assert out == seq[len(PROMPTS[0]):]
+
+
+def test_batched_prompts_equal_one_at_a_time(model):
+    batched = model.generate(PROMPTS, 16, temperature=0, return_logprobs=True)
+    for i, p in enumerate(PROMPTS):
+        alone = model.generate([p], 16, temperature=0, return_logprobs=True)
+        assert batched[i] == alone[0]
+        assert torch.allclose(batched.logprobs[i], alone.logprobs[0], atol=1e-5)
+
+
+def test_past_block_size_falls_back_to_sliding_window():
+    model = mmfm.build_model("gpt-test").eval()  # learned positions, block 64
+    out = model.generate([[1, 2, 3]], 100, temperature=0)
+    assert out.lengths.tolist() == [100]
+
+
+def test_tensor_prompt_and_seeded_sampling(model):
+    idx = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    a = model.generate(idx, 10, temperature=1.0, generator=torch.Generator().manual_seed(3))
+    b = model.generate(idx, 10, temperature=1.0, generator=torch.Generator().manual_seed(3))
+    assert a.tolist() == b.tolist()
+
+
+def test_top_k_and_top_p_filters():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
+    assert torch.isfinite(filter_logits(logits, top_k=2)).sum() == 2
+    probs = logits.softmax(-1)[0]  # ~[0.64, 0.24, 0.09, ...]
+    kept = torch.isfinite(filter_logits(logits, top_p=0.7))[0]
+    assert kept.tolist() == [True, True, False, False, False] and probs[0] < 0.7 <= probs[:2].sum()
+    assert torch.isfinite(filter_logits(logits, top_p=0.5)).sum() == 1
+    g = torch.Generator().manual_seed(0)
+    draws = {int(sample_next(logits, 1.0, top_k=2, generator=g)) for _ in range(200)}
+    assert draws == {0, 1}
+    assert int(sample_next(logits, 0.0)) == 0
+
+
+def test_temperature_sharpens():
+    logits = torch.tensor([[2.0, 1.0, 0.0]]).repeat(2000, 1)
+    g = torch.Generator().manual_seed(0)
+    cold = (sample_next(logits, 0.2, generator=g) == 0).float().mean()
+    hot = (sample_next(logits, 5.0, generator=g) == 0).float().mean()
+    assert cold > 0.95 and 0.2 < hot < 0.55
+
+
+def test_stop_tokens_and_strings_stop_each_row():
+    model = mmfm.build_model("gpt-test", vocab_size=16).eval()
+    tok = CharTokenizer("abcdefghijklmn")  # 14 chars + pad + eos = 16 ids
+    model.tokenizer = tok
+
+    def gen(**kw):
+        return model.generate(["ab", "c"], 30, temperature=1.0, generator=torch.Generator().manual_seed(0), **kw)
+
+    free = gen().tolist()
+    stop = free[0][5]
+    j = free[0].index(stop)
+    stopped = gen(stop_tokens=[stop])
+    assert stopped.tolist()[0] == free[0][: j + 1]
+    assert stopped.tokens[0, j + 1:].eq(tok.pad_id).all()
+    assert stopped.tolist()[1] == free[1][: len(stopped.tolist()[1])]
+    text = tok.decode(free[1])
+    target = text[6:8]
+    got = gen(stop_strings=[target]).texts()[1]
+    assert got.endswith(target) and target not in got[:-1] and text.startswith(got)
+
+
+def test_logprobs_are_the_raw_model_logprobs(model):
+    out = model.generate([PROMPTS[1]], 4, temperature=0.7, top_k=5, return_logprobs=True,
+                         generator=torch.Generator().manual_seed(1))
+    seq = torch.tensor([PROMPTS[1] + out[0]])
+    logp = torch.log_softmax(model(seq)[0, len(PROMPTS[1]) - 1:-1], -1)  # (4, V)
+    expect = logp.gather(-1, torch.tensor(out[0])[:, None]).squeeze(-1)
+    assert torch.allclose(out.logprobs[0], expect, atol=1e-5)
+
+
+def test_left_pad_shapes():
+    ids, mask = left_pad([[1, 2, 3], [4]], pad_id=0)
+    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.sum(1).tolist() == [3, 1]
+    with pytest.raises(ValueError):
+        left_pad([[1], []])
