@@ -34,10 +34,15 @@ class CLIPConfig(ModelConfig):
     eot_token_id: int = opt(-1, lo=-1)  # -1: vocab_size - 1 (CLIP BPE's end-of-text)
     init_logit_scale: float = opt(math.log(1 / 0.07))
     tokenizer: str = opt("clip", choices=("clip", "char", "bpe"))
+    # preprocessing the image tower expects: pixels in [0, 1] -> (x - mean) / std per channel (OpenAI CLIP's)
+    image_mean: tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073)
+    image_std: tuple[float, ...] = (0.26862954, 0.26130258, 0.27577711)
 
     def validate(self):
         super().validate()
         check(self.text_width % self.text_heads == 0, "text_width must be divisible by text_heads")
+        check(len(self.image_mean) in (1, self.in_chans) and len(self.image_std) == len(self.image_mean),
+              f"image_mean/image_std need 1 or in_chans={self.in_chans} values each")
 
     @property
     def eot_id(self) -> int:
@@ -113,4 +118,11 @@ _BASE = CLIPConfig()
 register_preset("clip-test", _BASE.replace(embed_dim=32, img_size=32, patch_size=8, vision_width=32, vision_layers=2,
                                            vision_heads=2, vocab_size=512, context_length=16, text_width=32,
                                            text_layers=2, text_heads=2, tokenizer="char"))
-register_preset("clip-vit-b-32", _BASE)
+# the default CPU run: 28x28 grayscale, a 4x4 grid of 7x7 patches; text through a byte-level BPE of at most
+# 1024 tokens trained on the captions (CLIP's 49408-row embedding would dominate a CPU step), 24 tokens long
+register_preset("clip-mini", _BASE.replace(embed_dim=128, img_size=28, patch_size=7, in_chans=1, vision_width=128,
+                                           vision_layers=4, vision_heads=4, vocab_size=1024, context_length=24,
+                                           text_width=128, text_layers=3, text_heads=4, tokenizer="bpe",
+                                           image_mean=(0.5,), image_std=(0.5,)))
+register_preset("clip-vit-b-32", _BASE)  # open_clip ViT-B-32
+register_preset("clip-vit-b-16", _BASE.replace(patch_size=16))  # open_clip ViT-B-16

@@ -32,6 +32,8 @@ class ViTConfig(ModelConfig):
     dropout: float = opt(0.0, lo=0.0, hi=1.0)
     drop_path: float = opt(0.0, lo=0.0, hi=1.0)
     patch_bias: bool = True
+    fc_norm: bool = False  # norm after pooling instead of on every token (timm's global_pool="avg" layout)
+    ls_init: float | None = None  # layer-scale init (timm's init_values); None: off
 
     def validate(self):
         super().validate()
@@ -45,7 +47,8 @@ class ViTConfig(ModelConfig):
 
     def stack(self) -> StackConfig:
         return StackConfig(self.dim, self.depth, self.n_heads, self.mlp_ratio, self.mlp, "layernorm",
-                           self.norm_eps, dropout=self.dropout, drop_path=self.drop_path)
+                           self.norm_eps, dropout=self.dropout, drop_path=self.drop_path,
+                           final_norm=not self.fc_norm, ls_init=self.ls_init)
 
 
 @register_family
@@ -68,6 +71,7 @@ class ViT(Model):
         self.pos_embed = nn.Parameter(torch.zeros(1, c.grid * c.grid + n_prefix, c.dim))
         self.norm_pre = build_norm("layernorm", c.dim, c.norm_eps) if c.pre_norm else nn.Identity()
         self.transformer = Transformer(c.stack())
+        self.fc_norm = build_norm("layernorm", c.dim, c.norm_eps) if c.fc_norm else nn.Identity()
         self.head = nn.Linear(c.dim, c.num_classes) if c.num_classes else nn.Identity()
         self.init_weights()
 
@@ -105,9 +109,10 @@ class ViT(Model):
         return self.transformer(x)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, n_prefix + N, dim) -> (B, dim): the class token or the mean of the patch tokens (+ fc_norm)."""
         if self.config.pool == "cls":
-            return tokens[:, 0]
-        return tokens[:, 1 if self.cls_token is not None else 0:].mean(dim=1)
+            return self.fc_norm(tokens[:, 0])
+        return self.fc_norm(tokens[:, 1 if self.cls_token is not None else 0:].mean(dim=1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.forward_features(images)))
@@ -119,6 +124,9 @@ class ViT(Model):
 
 _BASE = ViTConfig()
 register_preset("vit-test", _BASE.replace(img_size=32, patch_size=8, dim=32, depth=2, n_heads=2, num_classes=10))
+# the default CPU size: 28x28 grayscale (MNIST, animal silhouettes), 4x4 grid of 7x7 patches
+register_preset("vit-mini", _BASE.replace(img_size=28, patch_size=7, in_chans=1, dim=128, depth=4, n_heads=4,
+                                          num_classes=10))
 register_preset("vit-ti-16", _BASE.replace(dim=192, n_heads=3))
 register_preset("vit-s-16", _BASE.replace(dim=384, n_heads=6))
 register_preset("vit-b-16", _BASE)

@@ -1,0 +1,160 @@
+"""open_clip ViT CLIP <-> mmfm CLIP, both ways, image and text towers and logit scale.
+
+open_clip's layout: nn.MultiheadAttention (in_proj_weight = [q; k; v], out_proj), ln_1/ln_2, mlp.c_fc/c_proj,
+visual.conv1 (no bias), class_embedding, ln_pre, ln_post (on every token before cls pooling), proj; the text
+tower under the model's root with a causal attn_mask, ln_final and pooling at the argmax of the token ids
+(CLIP BPE's end-of-text has the highest id, which is where mmfm pools: the first end-of-text token).
+
+    clip = from_open_clip(open_clip.create_model("ViT-B-32", pretrained=None))
+    oc = to_open_clip(clip)        # an open_clip.model.CLIP, runs in open_clip
+"""
+from __future__ import annotations
+
+import torch
+
+from ..models.clip import CLIP, CLIPConfig
+
+_BLOCK = {  # open_clip ResidualAttentionBlock -> mmfm Block
+    "ln_1": "norm1", "attn.in_proj_weight": "attn.qkv.weight", "attn.in_proj_bias": "attn.qkv.bias",
+    "attn.out_proj": "attn.proj", "ln_2": "norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
+}
+_TOP = {  # everything outside the blocks
+    "visual.conv1.weight": "visual.patch_embed.proj.weight", "visual.class_embedding": "visual.cls_token",
+    "visual.positional_embedding": "visual.pos_embed", "visual.ln_pre": "visual.norm_pre",
+    "visual.ln_post": "visual.transformer.norm", "visual.proj": "visual_proj",
+    "token_embedding.weight": "text.token_embedding.weight", "positional_embedding": "text.pos_embed",
+    "ln_final": "text.transformer.norm", "text_projection": "text_proj", "logit_scale": "logit_scale",
+}
+
+
+def _rename(key: str) -> str:
+    for prefix, new in (("visual.transformer.resblocks.", "visual.transformer.blocks."),
+                        ("transformer.resblocks.", "text.transformer.blocks.")):
+        if key.startswith(prefix):
+            idx, rest = key[len(prefix):].split(".", 1)
+            for old, mm in _BLOCK.items():
+                if rest == old or rest.startswith(old + "."):
+                    return f"{new}{idx}.{mm}{rest[len(old):]}"
+    for old, new in _TOP.items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old):]
+    raise KeyError(f"open_clip key {key!r} has no mmfm counterpart")
+
+
+def _check_supported(model) -> None:
+    import torch.nn as nn
+
+    if not hasattr(model, "token_embedding") or not hasattr(model.visual, "conv1"):
+        raise ValueError("only open_clip CLIP models with a ViT image tower and the built-in text tower convert")
+    if getattr(model, "logit_bias", None) is not None:
+        raise ValueError("SigLIP-style logit_bias is not supported")
+    v = model.visual
+    if v.attn_pool is not None or v.pool_type != "tok" or v.final_ln_after_pool:
+        raise ValueError("only class-token pooling with ln_post before pooling is supported")
+    if model.text_pool_type != "argmax" or isinstance(model.text_projection, nn.Linear):
+        raise ValueError("only argmax text pooling and a bias-free text projection are supported")
+    block = v.transformer.resblocks[0]
+    if block.ln_1.eps != 1e-5 or not isinstance(block.ls_1, nn.Identity):
+        raise ValueError("only LayerNorm eps=1e-5 and no layer scale (ls_init_value=None) are supported")
+    act = block.mlp.gelu
+    if not isinstance(act, nn.GELU):
+        raise ValueError(f"MLP activation {type(act).__name__} (QuickGELU) is not supported; mmfm uses exact GELU")
+
+
+def config_from_open_clip(model) -> CLIPConfig:
+    _check_supported(model)
+    v, sd = model.visual, model.state_dict()
+    vblock, tblock = v.transformer.resblocks[0], model.transformer.resblocks[0]
+    width, text_width = v.conv1.out_channels, model.token_embedding.embedding_dim
+    if vblock.mlp.c_fc.out_features / width != tblock.mlp.c_fc.out_features / text_width:
+        raise ValueError("image and text towers with different mlp_ratio are not supported")
+    size = v.image_size[0] if isinstance(v.image_size, tuple) else v.image_size
+    vocab = sd["token_embedding.weight"].shape[0]
+    return CLIPConfig(
+        embed_dim=v.proj.shape[1], img_size=size, patch_size=v.conv1.kernel_size[0], in_chans=v.conv1.in_channels,
+        vision_width=width, vision_layers=len(v.transformer.resblocks), vision_heads=vblock.attn.num_heads,
+        vocab_size=vocab, context_length=model.context_length, text_width=text_width,
+        text_layers=len(model.transformer.resblocks), text_heads=tblock.attn.num_heads,
+        mlp_ratio=vblock.mlp.c_fc.out_features / width, eot_token_id=-1, tokenizer="clip",
+        init_logit_scale=float(model.logit_scale.detach()),
+    )
+
+
+def from_open_clip(model) -> CLIP:
+    """An open_clip ViT CLIP (e.g. open_clip.create_model("ViT-B-32")) -> an mmfm CLIP with the same outputs.
+    The tokenizer is open_clip's CLIP BPE (mmfm.tokenizers.ClipTokenizer)."""
+    from ..tokenizers import ClipTokenizer
+
+    cfg = config_from_open_clip(model)
+    clip = CLIP(cfg)
+    sd = {}
+    for k, v in model.state_dict().items():
+        if k == "attn_mask":
+            continue
+        new = _rename(k)
+        if k == "visual.class_embedding":
+            v = v.reshape(1, 1, -1)  # (W,) -> (1, 1, W)
+        elif k == "visual.positional_embedding":
+            v = v[None]  # (N + 1, W) -> (1, N + 1, W)
+        sd[new] = v
+    clip.load_state_dict(sd, strict=True)
+    clip.tokenizer = ClipTokenizer(cfg.context_length)
+    return clip.train(model.training)
+
+
+def _open_clip_state(clip: CLIP) -> dict:
+    inverse_top = {v: k for k, v in _TOP.items()}
+    inverse_block = {v: k for k, v in _BLOCK.items()}
+    out = {}
+    for k, v in clip.state_dict().items():
+        if k == "visual.cls_token":
+            v = v.reshape(-1)  # (1, 1, W) -> (W,)
+        elif k == "visual.pos_embed":
+            v = v[0]  # (1, N + 1, W) -> (N + 1, W)
+        out[_inverse_key(k, inverse_top, inverse_block)] = v
+    w = out["visual.conv1.weight"]
+    if w.shape[1] == 1:  # a grayscale mmfm model -> open_clip's RGB conv: identical on gray (R=G=B) inputs
+        out["visual.conv1.weight"] = w.expand(-1, 3, -1, -1) / 3
+    return out
+
+
+def _inverse_key(k: str, inverse_top: dict, inverse_block: dict) -> str:
+    for prefix, oc in (("visual.transformer.blocks.", "visual.transformer.resblocks."),
+                       ("text.transformer.blocks.", "transformer.resblocks.")):
+        if k.startswith(prefix):
+            idx, rest = k[len(prefix):].split(".", 1)
+            for mm, old in inverse_block.items():
+                if rest == mm or rest.startswith(mm + "."):
+                    return f"{oc}{idx}.{old}{rest[len(mm):]}"
+    for mm, old in inverse_top.items():
+        if k == mm or k.startswith(mm + "."):
+            return old + k[len(mm):]
+    raise KeyError(f"mmfm key {k!r} has no open_clip counterpart")
+
+
+def to_open_clip(clip: CLIP):
+    """An mmfm CLIP -> open_clip.model.CLIP with the same weights (1-channel models get an RGB conv whose
+    output on gray images is unchanged). Text pooling in open_clip is at the argmax token id, which equals
+    mmfm's first end-of-text only when end-of-text is the largest id in use (true for CLIP BPE)."""
+    import open_clip
+
+    c = clip.config
+    if c.vision_width % c.vision_heads:
+        raise ValueError("vision_width must be divisible by vision_heads")
+    model = open_clip.model.CLIP(
+        embed_dim=c.embed_dim,
+        vision_cfg=open_clip.model.CLIPVisionCfg(layers=c.vision_layers, width=c.vision_width,
+                                                 head_width=c.vision_width // c.vision_heads, mlp_ratio=c.mlp_ratio,
+                                                 patch_size=c.patch_size, image_size=c.img_size),
+        text_cfg=open_clip.model.CLIPTextCfg(context_length=c.context_length, vocab_size=c.vocab_size,
+                                             width=c.text_width, heads=c.text_heads, layers=c.text_layers,
+                                             mlp_ratio=c.mlp_ratio),
+        init_logit_scale=float(clip.logit_scale.detach()),
+    )
+    model.load_state_dict(_open_clip_state(clip), strict=True)
+    return model.train(clip.training)
+
+
+@torch.no_grad()
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
