@@ -1,0 +1,71 @@
+"""Plots of the alignment pipeline: PPO reward / KL per step, and held-out accuracy per stage.
+
+    python -m mmfm.align.report runs/align docs/img     # after recipes/align_all.sh
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_ppo(history: list[dict], path) -> Path:
+    """Mean reward, KL to the reference and rollout accuracy against the PPO step."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), dpi=120)
+    steps = [h["step"] for h in history]
+    for ax, key, title in zip(axes, ("reward", "kl", "accuracy"),
+                              ("mean reward (RM, standardised)", "KL(policy || SFT) per response", "rollout accuracy")):
+        ax.plot(steps, [h[key] for h in history], marker="o", ms=2)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("PPO step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_stages(stages: dict[str, dict], path) -> Path:
+    """Held-out accuracy (greedy and sampled at T=1) of each stage as grouped bars."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    names = list(stages)
+    for j, (key, label) in enumerate((("heldout/accuracy", "greedy"), ("heldout_t1/accuracy", "sampled, T=1"))):
+        vals = [100 * stages[n].get(key, float("nan")) for n in names]
+        bars = ax.bar([i + 0.38 * j for i in range(len(names))], vals, width=0.36, label=label)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks([i + 0.19 for i in range(len(names))], names)
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    ax.set_title("checkable task: 2-3 digit + / - with worked steps", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def main(run_dir: str, img_dir: str) -> dict:
+    run, img = Path(run_dir), Path(img_dir)
+    img.mkdir(parents=True, exist_ok=True)
+    stages = {name: json.loads((run / name / "metrics.json").read_text())
+              for name in ("base", "sft", "ppo", "dpo") if (run / name / "metrics.json").is_file()}
+    plot_stages(stages, img / "align_accuracy.png")
+    if (run / "ppo" / "history.json").is_file():
+        plot_ppo(json.loads((run / "ppo" / "history.json").read_text()), img / "align_ppo.png")
+    return stages
+
+
+if __name__ == "__main__":
+    for name, m in main(*sys.argv[1:3]).items():
+        print(name, {k: v for k, v in m.items() if "accuracy" in k or "kl" in k or k.startswith("heldout/")})

@@ -1,0 +1,89 @@
+"""Thin LightningModules: next-token loss on masked tokens (pretraining and SFT), the reward model
+(Bradley-Terry), and DPO / IPO with reference log-probs computed once and cached."""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from ..losses.preference import (bradley_terry_loss, dpo_loss, ipo_loss, masked_mean, sequence_logprobs,
+                                 token_logprobs)
+
+
+def adamw_warmup_cosine(module, lr: float, weight_decay: float, warmup: int, max_steps: int) -> dict:
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr,
+                            weight_decay=weight_decay, betas=(0.9, 0.95))
+
+    def scale(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        frac = min((step - warmup) / max(max_steps - warmup, 1), 1.0)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, scale)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class OptimMixin:
+    def configure_optimizers(self):
+        return adamw_warmup_cosine(self, self.hparams_["lr"], self.hparams_["weight_decay"], self.hparams_["warmup"],
+                                   self.hparams_["max_steps"])
+
+
+class LMTask(OptimMixin, L.LightningModule):
+    """-mean log p(token) over tokens where batch["loss_mask"] is set: all tokens when pretraining,
+    response tokens for SFT."""
+
+    def __init__(self, model, lr=1e-3, weight_decay=0.1, warmup=50, max_steps=1000):
+        super().__init__()
+        self.model, self.hparams_ = model, dict(lr=lr, weight_decay=weight_decay, warmup=warmup, max_steps=max_steps)
+
+    def training_step(self, batch, _):
+        ids = batch["ids"]  # right-padded (B, T); causal attention never lets real tokens see the pads
+        loss = -masked_mean(token_logprobs(self.model(ids), ids), batch["loss_mask"][:, 1:])
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+
+class RewardTask(OptimMixin, L.LightningModule):
+    """Bradley-Terry on (chosen, rejected) pairs; logs pairwise accuracy, train and held-out."""
+
+    def __init__(self, reward_model, lr=3e-4, weight_decay=0.0, warmup=20, max_steps=500):
+        super().__init__()
+        self.rm, self.hparams_ = reward_model, dict(lr=lr, weight_decay=weight_decay, warmup=warmup, max_steps=max_steps)
+
+    def _step(self, batch, split):
+        c, r = batch["chosen"], batch["rejected"]
+        loss, acc = bradley_terry_loss(self.rm(c["ids"], c["mask"]), self.rm(r["ids"], r["mask"]))
+        self.log(f"{split}/loss", loss, prog_bar=True)
+        self.log(f"{split}/acc", acc, prog_bar=True)
+        return loss
+
+    def training_step(self, batch, _):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, _):
+        self._step(batch, "val")
+
+
+class DPOTask(OptimMixin, L.LightningModule):
+    """DPO or IPO on pairs; `ref_logps` (N, 2) holds log ref(chosen), log ref(rejected) per pair index."""
+
+    def __init__(self, policy, ref_logps: torch.Tensor, beta=0.1, loss="dpo", lr=1e-4, weight_decay=0.0,
+                 warmup=10, max_steps=200):
+        super().__init__()
+        self.policy, self.beta, self.loss_fn = policy, beta, {"dpo": dpo_loss, "ipo": ipo_loss}[loss]
+        self.register_buffer("ref_logps", ref_logps, persistent=False)
+        self.hparams_ = dict(lr=lr, weight_decay=weight_decay, warmup=warmup, max_steps=max_steps)
+
+    def training_step(self, batch, _):
+        c, r = batch["chosen"], batch["rejected"]
+        pi_c = sequence_logprobs(self.policy(c["ids"]), c["ids"], c["loss_mask"])
+        pi_r = sequence_logprobs(self.policy(r["ids"]), r["ids"], r["loss_mask"])
+        ref = self.ref_logps[batch["index"]]  # (B, 2)
+        loss, acc = self.loss_fn(pi_c, pi_r, ref[:, 0], ref[:, 1], self.beta)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/reward_acc", acc, prog_bar=True)
+        self.log("train/margin", ((pi_c - ref[:, 0]) - (pi_r - ref[:, 1])).mean())
+        return loss

@@ -1,0 +1,130 @@
+"""Reward / value heads, the KV-cache sampler, and one tiny step of every alignment stage."""
+import json
+
+import pytest
+import torch
+
+import mmfm
+from mmfm.align.chat import build_tokenizer, encode_chat, encode_prompt, pad_right, stop_ids
+from mmfm.align.heads import PolicyWithValue, RewardModel, logits_and_hidden
+from mmfm.align.ppo import PPO, PPOConfig
+from mmfm.align.rollout import sample
+from mmfm.align.splits import heldout_problems, train_problems
+from mmfm.align.task import QUESTIONS, solve
+
+TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=256, pos="rope")
+
+
+def tiny_gpt(tok):
+    model = mmfm.build_model("gpt-test", vocab_size=tok.vocab_size, **TINY)
+    model.tokenizer = tok
+    return model
+
+
+def test_heads_shapes_and_padding():
+    tok = build_tokenizer()
+    gpt = tiny_gpt(tok).eval()
+    rows = [encode_chat(tok, "What is 12+3?", "2+3=5,1+0=1. Answer: 15")[0], encode_chat(tok, "Hi", "Do you?")[0]]
+    ids, mask = pad_right(rows, tok.pad_id)
+    rm = RewardModel(gpt).eval()
+    r = rm(ids, mask)
+    assert r.shape == (2,)
+    assert torch.allclose(r[1], rm(*pad_right([rows[1]], tok.pad_id))[0], atol=1e-5)  # padding does not matter
+    logits, h = logits_and_hidden(gpt, ids)
+    assert torch.equal(logits, gpt(ids)) and h.shape == (2, ids.shape[1], 32)
+    assert not gpt.transformer._forward_hooks  # the hook is gone after the call
+    logits, values = PolicyWithValue(gpt)(ids)
+    assert logits.shape == (*ids.shape, tok.vocab_size) and values.shape == ids.shape
+
+
+def test_reward_model_save_load(tmp_path):
+    tok = build_tokenizer()
+    rm = RewardModel(tiny_gpt(tok)).eval()
+    rm.save_pretrained(tmp_path / "rm")
+    again = RewardModel.from_pretrained(tmp_path / "rm").eval()
+    ids, mask = pad_right([encode_prompt(tok, "What is 1+2?")], tok.pad_id)
+    assert torch.equal(rm(ids, mask), again(ids, mask)) and again.gpt.tokenizer is not None
+
+
+def test_kv_cache_sampler_matches_full_forward():
+    """Greedy sampling of two prompts of different lengths equals argmax decoding without a cache."""
+    tok = build_tokenizer()
+    gpt = tiny_gpt(tok).eval()
+    prompts = [encode_prompt(tok, "What is 123+45?"), encode_prompt(tok, "7+8=?")]
+    out = sample(gpt, prompts, 6, stop=[-1], pad=tok.pad_id, temperature=0)
+    for p, o in zip(prompts, out):
+        seq = list(p)
+        for _ in range(6):
+            seq.append(int(gpt(torch.tensor([seq]))[0, -1].argmax()))
+        assert o == seq[len(p):]
+
+
+def synthetic_pairs(n):
+    """Hand-made pairs (correct beats buggy or a question), standing in for sampled ones."""
+    out = []
+    for i, p in enumerate(train_problems("preference", n)):
+        rejected = solve(p, bug=True) if i % 2 else QUESTIONS[0].format(q=p.text)
+        out.append({"a": p.a, "op": p.op, "b": p.b, "prompt": f"What is {p.text}?", "chosen": solve(p), "rejected": rejected})
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """Pretrain and SFT for a couple of steps (recipes end to end), plus a hand-made pairs file."""
+    import align_pretrain
+    import sft
+
+    root = tmp_path_factory.mktemp("align")
+    small = [f"{k}={v}" for k, v in TINY.items()]
+    align_pretrain.main(["--out", str(root / "base"), "--max-steps", "2", "n_items=64", "batch_size=4", "n_eval=4", *small])
+    sft.main(["--init", str(root / "base" / "model"), "--out", str(root / "sft"), "--max-steps", "2", "n_train=8",
+              "batch_size=4", "n_eval=4"])
+    heldout = synthetic_pairs(8)
+    (root / "pairs.json").write_text(json.dumps({"train": synthetic_pairs(16), "heldout": heldout}))
+    return root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _recipes_on_path():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    yield
+    sys.path.pop(0)
+
+
+def test_pretrain_and_sft_write_models(tiny_runs):
+    for stage in ("base", "sft"):
+        metrics = json.loads((tiny_runs / stage / "metrics.json").read_text())
+        assert 0 <= metrics["heldout/accuracy"] <= 1 and metrics["steps"] == 2
+        assert mmfm.build_model(tiny_runs / stage / "model").tokenizer is not None
+
+
+def test_reward_model_and_dpo_steps(tiny_runs):
+    import dpo
+    import reward_model
+
+    rm = reward_model.main(["--sft", str(tiny_runs / "sft" / "model"), "--pairs", str(tiny_runs / "pairs.json"),
+                            "--out", str(tiny_runs / "rm"), "--max-steps", "2", "batch_size=4"])
+    assert 0 <= rm["heldout"]["acc"] <= 1 and rm["heldout"]["n"] == 8
+    for loss in ("dpo", "ipo"):
+        out = dpo.main(["--init", str(tiny_runs / "sft" / "model"), "--pairs", str(tiny_runs / "pairs.json"),
+                        "--out", str(tiny_runs / loss), "--max-steps", "2", "batch_size=4", "n_eval=4", f"loss={loss}"])
+        assert out["kl_to_sft"] == out["kl_to_sft"] and out["pairs"] == 16
+
+
+def test_ppo_step_moves_policy_and_reports_kl():
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    sft = tiny_gpt(tok)
+    policy, reference = PolicyWithValue(sft), tiny_gpt(tok)
+    reference.load_state_dict(sft.state_dict())
+    before = [p.detach().clone() for p in policy.gpt.parameters()]
+    ppo = PPO(policy, reference, RewardModel(tiny_gpt(tok)), tok, PPOConfig(max_new=8, minibatch=4, lr=1e-3))
+    stats = ppo.step(heldout_problems("eval", 8))
+    assert {"reward", "kl", "accuracy", "pg_loss", "vf_loss", "clipfrac"} <= set(stats)
+    assert abs(stats["kl"]) < 1e-4  # the first rollout is sampled from a policy equal to the reference
+    assert any(not torch.equal(a, b) for a, b in zip(before, policy.gpt.parameters()))
+    stats = ppo.step(heldout_problems("eval", 8))
+    assert stats["kl"] != 0.0
