@@ -43,6 +43,7 @@ class FinetuneTrain:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     val_every: int = 50  # steps between validations
+    val_subset: int = 1024  # validation images (a fixed random subset) checked during training; 0: all
     patience: int = 4  # validations without a better val/loss before stopping
     img_size: int = 0  # 0: the backbone's own input size
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
@@ -66,6 +67,14 @@ def make_inputs(task, vit_cfg, stats, train: FinetuneTrain, seed: int):
     keep = label_subset(out["train"][1], train.label_fraction, seed)
     out["train"] = (out["train"][0][keep], out["train"][1][keep])
     return out
+
+
+def subset(pair, n: int, seed: int):
+    """A fixed random subset of n (images, targets) pairs (all when n is 0 or larger than the split)."""
+    if not n or n >= len(pair[1]):
+        return pair
+    keep = torch.randperm(len(pair[1]), generator=torch.Generator().manual_seed(seed))[:n]
+    return pair[0][keep], pair[1][keep]
 
 
 def evaluate(model, kind: TaskKind, data, names, out: Path) -> dict:
@@ -113,7 +122,7 @@ def main(argv=None):
     module = AdaptTask(model, kind, lr, train.weight_decay, train.warmup_steps, args.max_steps)
     loader = DataLoader(TensorDataset(*data["train"]), batch_size=min(train.batch_size, len(data["train"][1])),
                         shuffle=True, generator=torch.Generator().manual_seed(args.seed))
-    val_loader = DataLoader(TensorDataset(*data["val"]), batch_size=512)
+    val_loader = DataLoader(TensorDataset(*subset(data["val"], train.val_subset, args.seed)), batch_size=512)
     hist = LossHistory(args.out, title=f"{args.method} on {task.name}")
     stop = EarlyStopping(monitor="val/loss", mode="min", patience=train.patience)
     timer = Timer()

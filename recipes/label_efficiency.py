@@ -1,0 +1,144 @@
+"""Label efficiency: pretrained backbones vs the same architecture from scratch, under linear probe, LoRA and
+full fine-tuning, at 1%, 10% and 100% of the training labels (each cell one recipes/finetune.py run).
+
+    flock -x /tmp/mmfm-cpu.lock python recipes/label_efficiency.py                  # brain_mri + animals sanity rows
+    python recipes/label_efficiency.py --backbones vit=runs/vit/model --methods linear --fractions 0.1 --max-steps 50
+
+--preset is the architecture of the from-scratch row (default: the supervised ViT's folder). A backbone
+folder that does not exist is skipped and reported. A finished cell (its metrics.json) is reused, so an
+interrupted grid continues. Writes <out>/results.json, <out>/table.md and the plot (--plot).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+
+from mmfm.train import Timer, parse_args, recipe_parser, setup_logging
+
+log = logging.getLogger("label_efficiency")
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = ("test/accuracy", "test/balanced_accuracy", "test/auroc", "test/f1", "steps", "n_train", "wall_s")
+
+
+def finetune_module():
+    if "finetune_recipe" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("finetune_recipe", ROOT / "recipes" / "finetune.py")
+        sys.modules["finetune_recipe"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["finetune_recipe"])
+    return sys.modules["finetune_recipe"]
+
+
+def build_parser():
+    p = recipe_parser(__doc__.splitlines()[0], "runs/vit/model", 200, "runs/adapt_label_efficiency")
+    p.add_argument("--data", default="brain_mri")
+    p.add_argument("--backbones", default="vit=runs/vit/model,clip=runs/clip/model", help="name=folder_or_preset,...")
+    p.add_argument("--methods", default="linear,lora,full")
+    p.add_argument("--fractions", default="0.01,0.1,1.0")
+    p.add_argument("--sanity-data", default="animals", help="a second task for a sanity row ('' for none)")
+    p.add_argument("--sanity-fractions", default="0.1")
+    p.add_argument("--plot", default="docs/img/adapt_label_efficiency.png")
+    return p
+
+
+def available(backbones: dict[str, str]) -> dict[str, str]:
+    found = {}
+    for name, init in backbones.items():
+        if "/" in init and not (Path(init) / "config.json").is_file():
+            log.warning("backbone %s: %s does not exist; skipped", name, init)
+        else:
+            found[name] = init
+    return found
+
+
+def run_cell(args, data: str, backbone: str, init: str, method: str, fraction: float) -> dict:
+    out = Path(args.out) / Path(data).stem / f"{backbone}_{method}_f{fraction:g}"
+    done = out / "metrics.json"
+    spec = {"method": method, "label_fraction": fraction, "init": init, "from_scratch": backbone == "scratch"}
+    if done.is_file():
+        old = json.loads(done.read_text())
+        if all(old.get(k) == v for k, v in spec.items()) and old.get("steps", 0) <= args.max_steps:
+            log.info("reusing %s", done)
+            return {"data": Path(data).stem, "backbone": backbone, **{k: old.get(k) for k in ("method", "label_fraction", *COLUMNS)}}
+    argv = ["--init", init, "--data", data, "--method", method, "--out", str(out), "--max-steps", str(args.max_steps),
+            "--seed", str(args.seed), "--device", args.device, f"label_fraction={fraction}", "progress=false",
+            *[f"{k}={v}" for k, v in args.overrides.items()]]
+    if backbone == "scratch":
+        argv.append("--from-scratch")
+    metrics = finetune_module().main(argv)
+    return {"data": Path(data).stem, "backbone": backbone, "method": method, "label_fraction": fraction,
+            **{k: metrics.get(k) for k in COLUMNS}}
+
+
+def table(rows: list[dict], data: str, metric: str = "test/balanced_accuracy") -> str:
+    """Markdown: one row per backbone x method, one column per label fraction; cells metric (AUROC)."""
+    rows = [r for r in rows if r["data"] == data]
+    fractions = sorted({r["label_fraction"] for r in rows})
+    head = f"| {data}: backbone | method | " + " | ".join(f"{f:.0%} labels (n={_n(rows, f)})" for f in fractions) + " |"
+    lines = [head, "|" + "---|" * (2 + len(fractions))]
+    for key in dict.fromkeys((r["backbone"], r["method"]) for r in rows):
+        cells = {r["label_fraction"]: r for r in rows if (r["backbone"], r["method"]) == key}
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(
+            f"{cells[f][metric]:.3f} ({cells[f]['test/auroc']:.3f})" if f in cells else "-" for f in fractions) + " |")
+    return "\n".join(lines)
+
+
+def _n(rows, fraction) -> int:
+    return next(r["n_train"] for r in rows if r["label_fraction"] == fraction)
+
+
+def plot(rows: list[dict], data: str, path: Path, metric: str = "test/balanced_accuracy") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["data"] == data]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.4), dpi=120, sharey=True, squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        for backbone in dict.fromkeys(r["backbone"] for r in rows):
+            pts = sorted((r["label_fraction"], r[metric]) for r in rows if (r["method"], r["backbone"]) == (method, backbone))
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=backbone)
+        ax.set_xscale("log")
+        ax.set_title(method)
+        ax.set_xlabel("fraction of training labels")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(metric.replace("test/", "test "))
+    axes[0][0].legend()
+    fig.suptitle(f"label efficiency on {data}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None):
+    setup_logging()
+    args = parse_args(build_parser(), argv)
+    backbones = available(dict(item.split("=", 1) for item in args.backbones.split(",")))
+    scratch = available({"scratch": args.preset})
+    grid = [(args.data, {**scratch, **backbones}, args.fractions)]
+    if args.sanity_data:
+        grid.append((args.sanity_data, {**scratch, **backbones}, args.sanity_fractions))
+    timer, rows = Timer(), []
+    for data, inits, fractions in grid:
+        for backbone, init in inits.items():
+            for method in args.methods.split(","):
+                for fraction in map(float, fractions.split(",")):
+                    rows.append(run_cell(args, data, backbone, init, method, fraction))
+                    log.info("%s", json.dumps(rows[-1]))
+    out = Path(args.out)
+    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    md = "\n\n".join(table(rows, Path(data).stem) for data, _, _ in grid)
+    (out / "table.md").write_text(md + f"\n\ngrid wall time {timer.elapsed:.0f} s\n")
+    plot(rows, Path(args.data).stem, Path(args.plot))
+    log.info("table (test balanced accuracy, AUROC in brackets):\n%s\ngrid wall time %.0f s", md, timer.elapsed)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
