@@ -1,61 +1,23 @@
-"""Rollouts: batched sampling of responses with the KV cache, task accuracy, and KL to a reference.
-
-`sample` is a minimal batched sampler (left-padded prompts, per-row positions, a key-padding mask,
-one KVCache per layer, temperature or greedy, stop tokens). It is used here because the shared
-`GPT.generate` did not exist yet when this module was written.
-"""
+"""Rollouts: batched sampling of chat responses (the shared KV-cache `generate`), held-out task
+accuracy, log-probs of given responses, reward-model scores, and the KL to a reference model."""
 from __future__ import annotations
 
 import random
 
 import torch
-import torch.nn.functional as F
 
 from ..losses.preference import sequence_logprobs
+from ..models.generation import generate
 from .chat import decode_response, encode_chat, encode_prompt, pad_right, stop_ids
 from .task import Problem, judge, prompt_text
 
 
-def pad_left(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ids (B, L) and mask (B, L), so every prompt ends at the last column."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = True
-    return ids, mask
-
-
-@torch.no_grad()
 def sample(gpt, prompts: list[list[int]], max_new: int, stop: list[int], pad: int, temperature: float = 1.0,
            generator: torch.Generator | None = None) -> list[list[int]]:
-    """Responses (each ending with its stop token when one was sampled) for a batch of prompt ids."""
-    was_training = gpt.training
-    gpt.eval()
-    idx, mask = pad_left(prompts, pad)
-    B, L = idx.shape
-    positions = (mask.long().cumsum(1) - 1).clamp(min=0)  # (B, L) per-row positions
-    caches = gpt.transformer.new_caches(B, L + max_new)
-    logits = gpt(idx, key_padding_mask=mask, positions=positions, caches=caches)[:, -1]  # (B, V)
-    pos, done = positions[:, -1:], torch.zeros(B, dtype=torch.bool)
-    stop_t, out = torch.tensor(stop), []
-    for _ in range(max_new):
-        if temperature == 0:
-            nxt = logits.argmax(-1)
-        else:
-            probs = F.softmax(logits.float() / temperature, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
-        out.append(torch.where(done, torch.full_like(nxt, pad), nxt))
-        done |= torch.isin(nxt, stop_t)
-        if bool(done.all()):
-            break
-        mask, pos = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool)], 1), pos + 1
-        logits = gpt(nxt[:, None], key_padding_mask=mask, positions=pos, caches=caches)[:, -1]
-    gpt.train(was_training)
-    gen = torch.stack(out, 1).tolist()  # (B, new)
-    stops = set(stop)
-    return [row[: next((i + 1 for i, t in enumerate(row) if t in stops), len(row))] for row in gen]
+    """Responses (each ending with its stop token when one was sampled) for a batch of prompt ids;
+    greedy when temperature is 0. The shared KV-cache `generate` does the work."""
+    return generate(gpt, prompts, max_new, temperature=temperature, stop_tokens=stop, generator=generator,
+                    pad_id=pad).tolist()
 
 
 def generate_texts(gpt, tok, prompts: list[str], max_new: int = 96, temperature: float = 0.0,
