@@ -79,8 +79,8 @@ def main(argv=None) -> dict:
     model, (train_loader, val_loader) = build(args, train, routed["model"])
     log.info("model %s: %.2fM parameters; data %s (%s tokens)", args.preset, model.num_params() / 1e6, train.data,
              f"{meta['train_tokens']:,}")
-    task = LMTask(model, train, args.max_steps)
     clock, history = TrainClock(), LossHistory(args.out, title=f"{args.preset} on {train.data}")
+    task = LMTask(model, train, args.max_steps, clock)
     trainer = make_trainer(args, callbacks=[clock, history], val_every=train.val_every,
                            gradient_clip_val=train.grad_clip or None, num_sanity_val_steps=0)
     trainer.fit(task, train_loader, val_loader, ckpt_path="last" if args.resume else None)

@@ -39,3 +39,22 @@ def test_pretrain_recipe_end_to_end(tmp_path, capsys):
     _load("generate").main([str(out / "model"), "--prompt", "KING:\n", "--max-new-tokens", "12", "--temperature", "0"])
     printed = capsys.readouterr().out
     assert printed.startswith("KING:\n") and len(printed) >= len("KING:\n") + 12
+
+
+def test_time_budget_stops_training_and_completes_the_schedule(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "run"
+    build_token_files(TEXT, data, "char")
+    metrics = _load("gpt_pretrain").main([
+        "--out", str(out), "--max-steps", "100000", "--preset", "gpt-test", f"data={data}", "block_size=16",
+        "batch_size=2", "val_every=1000", "val_tokens=64", "final_val_tokens=256", "sample_tokens=0",
+        "time_budget_s=2.0"])
+    assert 0 < metrics["steps"] < 100000 and metrics["train_s"] < 10
+
+
+def test_cosine_schedule():
+    from mmfm.train.lm import cosine_lr
+
+    assert cosine_lr(0, 100, 10, 1.0, 0.1) == 0.1  # warmup starts at lr / warmup
+    assert cosine_lr(9, 100, 10, 1.0, 0.1) == 1.0
+    assert abs(cosine_lr(100, 100, 10, 1.0, 0.1) - 0.1) < 1e-9
+    assert abs(cosine_lr(20, 100, 10, 1.0, 0.1, progress=1.0) - 0.1) < 1e-9  # a spent time budget ends it

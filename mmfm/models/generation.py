@@ -96,34 +96,47 @@ class _Stopper:
             raise ValueError("stop_strings need a tokenizer: pass tokenizer=, or set model.tokenizer")
         self.tokenizer, self.tail = tokenizer, max((len(s) for s in self.stop_strings), default=0) + 2
         self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
 
-    def update(self, new: list[list[int]], nxt: torch.Tensor) -> torch.Tensor:
-        """Rows that stop at this token (after it is appended to `new`)."""
+    def update(self, new: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
+        """new: (B, n) tokens so far, nxt (B,) their last column. Returns `done` (B,) after this token."""
+        self.lengths += ~self.done
         hit = torch.isin(nxt, self.stop_tokens) if self.stop_tokens.numel() else torch.zeros_like(self.done)
-        for i in range(len(new)) if self.stop_strings else ():
-            if not self.done[i] and not hit[i]:
-                text = self.tokenizer.decode(new[i][-self.tail:])
-                hit[i] = any(s in text for s in self.stop_strings)
-        hit &= ~self.done
+        for i in (~(self.done | hit)).nonzero().flatten().tolist() if self.stop_strings else ():
+            text = self.tokenizer.decode(new[i, -self.tail:].tolist())
+            hit[i] = any(s in text for s in self.stop_strings)
         self.done |= hit
-        return hit
+        return self.done
 
 
-def _step_logits(model, seq, mask, caches, n_new: int):
+def _step_logits(model, seq, mask, caches, n_new: int, padded: bool):
     """Logits (B, V) of the next token. With caches: feed only the last `n_new` columns (the whole
     prompt at prefill); without: the last block_size columns, positions recounted from the mask."""
-    padded = not bool(mask.all())
-    if caches is not None:
-        x, m = seq[:, -n_new:], mask
-        positions = (mask.long().cumsum(1) - 1).clamp(min=0)[:, -n_new:]  # (B, n_new)
-    else:
+    if caches is None:
         T = model.config.block_size
-        x, m = seq[:, -T:], mask[:, -T:]
-        positions = (m.long().cumsum(1) - 1).clamp(min=0)  # (B, T')
-        padded = not bool(m.all())
+        seq, mask = seq[:, -T:], mask[:, -T:]
+        padded, n_new = not bool(mask.all()), seq.shape[1]
     if not padded:  # the fast path: no mask, positions from the cache length
-        return model(x, caches=caches)[:, -1]
-    return model(x, key_padding_mask=m, positions=positions, caches=caches)[:, -1]
+        return model(seq[:, -n_new:], caches=caches)[:, -1]
+    positions = (mask.long().cumsum(1) - 1).clamp(min=0)[:, -n_new:]  # (B, n_new)
+    return model(seq[:, -n_new:], key_padding_mask=mask, positions=positions, caches=caches)[:, -1]
+
+
+def _decode(model, seq, mask, T0: int, N: int, caches, padded: bool, stopper, logps, pad_id: int, pick) -> int:
+    """Fill seq[:, T0:T0 + N] token by token; returns the number of steps taken."""
+    n = 0
+    for n in range(1, N + 1):
+        cur = T0 + n - 1  # tokens so far
+        logits = _step_logits(model, seq[:, :cur], mask[:, :cur], caches, T0 if n == 1 else 1, padded).float()
+        nxt = pick(logits)  # (B,)
+        if stopper is not None:
+            nxt = nxt.masked_fill(stopper.done, pad_id)
+        seq[:, cur] = nxt
+        if logps is not None:
+            logps[:, n - 1] = torch.log_softmax(logits, -1).gather(-1, nxt[:, None]).squeeze(-1)
+        if stopper is not None and bool(stopper.update(seq[:, T0:cur + 1], nxt).all()):
+            break
+    return n
 
 
 @torch.no_grad()
@@ -143,44 +156,33 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_
         text contains one of the strings; the stopping token is kept, later positions hold `pad_id`.
     return_logprobs: also return log p(token) under the model's raw (temperature 1, unfiltered) distribution.
     use_cache: decode with a KV cache (fast). Without it each step re-runs the last block_size tokens,
-        which is also what happens when prompt + new tokens exceed the cache's room (block_size).
+        which is also what happens when prompt + new tokens exceed block_size.
     generator: a torch.Generator for reproducible sampling.
     Returns a Generation: tokens (B, N), lengths (B,), logprobs (B, N) or None; `.tolist()`, `.texts()`.
     """
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if pad_id is None:
         pad_id = getattr(tokenizer, "pad_id", None) or 0
-    device = next(model.parameters()).device
-    seq, mask = left_pad(_as_rows(prompts, tokenizer), pad_id, device)  # (B, T0) each
-    B, T0 = seq.shape
-    fits = T0 + max_new_tokens <= model.config.block_size
-    caches = model.transformer.new_caches(B, T0 + max_new_tokens, device, next(model.parameters()).dtype) \
-        if use_cache and fits else None
-    stopper = _Stopper(B, stop_tokens, stop_strings, tokenizer, device)
-    new: list[list[int]] = [[] for _ in range(B)]
-    logps: list[torch.Tensor] = []
+    param = next(model.parameters())
+    prompt, prompt_mask = left_pad(_as_rows(prompts, tokenizer), pad_id, param.device)  # (B, T0) each
+    (B, T0), N = prompt.shape, max_new_tokens
+    seq = torch.full((B, T0 + N), pad_id, dtype=torch.long, device=param.device)  # prompt, then new tokens
+    mask = torch.ones((B, T0 + N), dtype=torch.bool, device=param.device)
+    seq[:, :T0], mask[:, :T0] = prompt, prompt_mask
+    padded = not bool(prompt_mask.all())
+    caches = model.transformer.new_caches(B, T0 + N, param.device, param.dtype) \
+        if use_cache and T0 + N <= model.config.block_size else None
+    stopper = _Stopper(B, stop_tokens, stop_strings, tokenizer, param.device) if stop_tokens or stop_strings else None
+    logps = torch.zeros((B, N), device=param.device) if return_logprobs else None
     was_training = model.training
     model.eval()
-    n_feed = T0
-    for _ in range(max_new_tokens):
-        logits = _step_logits(model, seq, mask, caches, n_feed).float()  # (B, V)
-        nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-        nxt = torch.where(stopper.done, torch.full_like(nxt, pad_id), nxt)
-        if return_logprobs:
-            logps.append(torch.log_softmax(logits, -1).gather(-1, nxt[:, None]).squeeze(-1))
-        for i in (~stopper.done).nonzero().flatten().tolist():
-            new[i].append(int(nxt[i]))
-        stopper.update(new, nxt)
-        seq, mask, n_feed = torch.cat([seq, nxt[:, None]], 1), torch.cat([mask, torch.ones_like(mask[:, :1])], 1), 1
-        if bool(stopper.done.all()):
-            break
+    with torch.inference_mode():  # less per-op overhead than no_grad; results are cloned out below
+        n = _decode(model, seq, mask, T0, N, caches, padded, stopper, logps, pad_id,
+                    lambda logits: sample_next(logits, temperature, top_k, top_p, generator))
     model.train(was_training)
-    lengths = torch.tensor([len(r) for r in new], dtype=torch.long)
-    tokens = torch.full((B, int(lengths.max()) if B else 0), pad_id, dtype=torch.long)
-    for i, r in enumerate(new):
-        tokens[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    tokens = seq[:, T0:T0 + n].cpu().clone()  # (B, n)
+    lengths = torch.full((B,), n, dtype=torch.long) if stopper is None else stopper.lengths.cpu().clone()
     lp = None
-    if return_logprobs:
-        lp = torch.stack(logps, 1)[:, : tokens.shape[1]].cpu() if logps else torch.zeros(B, 0)
-        lp = lp.masked_fill(torch.arange(tokens.shape[1])[None] >= lengths[:, None], 0.0)
+    if logps is not None:
+        lp = logps[:, :n].cpu().clone().masked_fill(torch.arange(n)[None] >= lengths[:, None], 0.0)
     return Generation(tokens, lengths, lp, tokenizer, pad_id)

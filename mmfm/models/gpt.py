@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..config import ModelConfig, check, opt
 from ..nn import LearnedPosEmbed, StackConfig, Transformer
@@ -72,13 +73,18 @@ class GPT(Model):
         B, T = idx.shape
         if positions is None:
             start = caches[0].length if caches else 0
+            last = start + T - 1
             positions = torch.arange(start, start + T, device=idx.device)  # (T,)
-        if self.wpe is not None and int(positions.max()) >= self.config.block_size:
-            raise ValueError(f"sequence position {int(positions.max())} exceeds block_size {self.config.block_size}")
+        else:
+            last = int(positions.max()) if self.wpe is not None else 0
+        if self.wpe is not None and last >= self.config.block_size:
+            raise ValueError(f"sequence position {last} exceeds block_size {self.config.block_size}")
         x = self.wte(idx)
         if self.wpe is not None:
-            x = x + self.wpe(positions)
-        x = self.transformer(self.drop(x), key_padding_mask=key_padding_mask, positions=positions, caches=caches)
+            x = x + F.embedding(positions, self.wpe.weight)  # (T, C) or (B, T, C); range checked above
+        if self.config.dropout:
+            x = self.drop(x)
+        x = self.transformer(x, key_padding_mask=key_padding_mask, positions=positions, caches=caches)
         return self.lm_head(x)
 
     def generate(self, prompts, max_new_tokens: int, **kwargs):

@@ -28,16 +28,19 @@ class LMTrainConfig:
     val_tokens: int = 65_536  # periodic validation sample, spread over the held-out split
     final_val_tokens: int = 0  # the final validation; 0: the whole held-out split
     compile: bool = False  # torch.compile the training forward
+    time_budget_s: float = 0.0  # >0: stop after this many seconds of training (validation excluded); the
+    # cosine then runs on max(step / max_steps, seconds / time_budget_s), so it always completes
     target_val_loss: float = 1.60
     sample_tokens: int = 200  # a sample printed to the log at the end (0: none)
     threads: int = 0  # torch threads (0: leave torch's default)
 
 
-def cosine_lr(step: int, max_steps: int, warmup: int, lr: float, min_lr: float) -> float:
-    """Linear warmup to `lr`, then cosine decay to `min_lr` at `max_steps`."""
+def cosine_lr(step: int, max_steps: int, warmup: int, lr: float, min_lr: float, progress: float = 0.0) -> float:
+    """Linear warmup to `lr` over `warmup` steps, then cosine decay to `min_lr` at the end of training:
+    at step `max_steps`, or earlier when `progress` (e.g. the fraction of a time budget spent) reaches 1."""
     if step < warmup:
         return lr * (step + 1) / warmup
-    frac = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    frac = min(1.0, max((step - warmup) / max(1, max_steps - warmup), progress))
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * frac))
 
 
@@ -53,22 +56,33 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 class LMTask(L.LightningModule):
-    """Next-token prediction on (x, y) batches; logs train/loss, val/loss and the learning rate."""
+    """Next-token prediction on (x, y) batches; logs train/loss, val/loss and the learning rate.
+    With cfg.time_budget_s and a TrainClock, training stops once the budget is spent."""
 
-    def __init__(self, model: torch.nn.Module, cfg: LMTrainConfig, max_steps: int):
+    def __init__(self, model: torch.nn.Module, cfg: LMTrainConfig, max_steps: int, clock: "TrainClock | None" = None):
         super().__init__()
-        self.model, self.cfg, self.max_steps = model, cfg, max_steps
+        self.model, self.cfg, self.max_steps, self.clock = model, cfg, max_steps, clock
+        if cfg.time_budget_s and clock is None:
+            raise ValueError("time_budget_s needs a TrainClock (also passed to the Trainer's callbacks)")
         if cfg.compile:
             self.compile()  # compiles self.forward in place; state_dict keys are unchanged
 
     def forward(self, idx):
         return self.model(idx)
 
+    def budget_spent(self) -> float:
+        """Fraction of the time budget used so far (0 without a budget)."""
+        return self.clock.elapsed() / self.cfg.time_budget_s if self.cfg.time_budget_s else 0.0
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = lm_loss(self(x), y)
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.budget_spent() >= 1.0:
+            self.trainer.should_stop = True
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
@@ -80,7 +94,7 @@ class LMTask(L.LightningModule):
         opt = torch.optim.AdamW(param_groups(self.model, c.weight_decay), lr=c.lr, betas=(c.beta1, c.beta2),
                                 fused=fused)
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: cosine_lr(s, self.max_steps, c.warmup_steps, c.lr, c.min_lr) / c.lr)
+            opt, lambda s: cosine_lr(s, self.max_steps, c.warmup_steps, c.lr, c.min_lr, self.budget_spent()) / c.lr)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
@@ -89,7 +103,7 @@ class TrainClock(L.Callback):
 
     def __init__(self):
         self.train_s = self.val_s = 0.0
-        self._t = None
+        self._t, self._in_val = None, False
 
     def _start(self):
         self._t = time.perf_counter()
@@ -98,15 +112,21 @@ class TrainClock(L.Callback):
         dt, self._t = (time.perf_counter() - self._t if self._t is not None else 0.0), None
         return dt
 
+    def elapsed(self) -> float:
+        """Training seconds so far, the current stretch included."""
+        return self.train_s + (time.perf_counter() - self._t if self._t is not None and not self._in_val else 0.0)
+
     def on_train_start(self, trainer, pl_module):
         self._start()
 
     def on_validation_start(self, trainer, pl_module):
         self.train_s += self._stop()
+        self._in_val = True
         self._start()
 
     def on_validation_end(self, trainer, pl_module):
         self.val_s += self._stop()
+        self._in_val = False
         self._start()
 
     def on_train_end(self, trainer, pl_module):
