@@ -78,7 +78,7 @@ def resolve_data(args) -> tuple[str, str]:
 def main(argv=None) -> dict:
     setup_logging()
     timer = Timer()
-    parser = recipe_parser(__doc__.split("\n")[0], "clip-mini", max_steps=1200, out="runs/clip")
+    parser = recipe_parser(__doc__.split("\n")[0], "clip-mini", max_steps=4000, out="runs/clip")
     parser.add_argument("--data", default=None, help="training shard pattern (brace or glob); default: data/clip")
     parser.add_argument("--test-data", default=None, help="held-out shard pattern; default: test-*.tar beside --data")
     parser.add_argument("--no-probe", action="store_true", help="skip the linear probe on the training shards")

@@ -42,6 +42,7 @@ class LabelSource:
     templates: list[str]
     prompts: list[str]
     loader: object = field(repr=False, default=None)
+    train_repeats: int = 1  # write each training image this many times (fresh captions): balances the mix
 
     def captions(self, label: int) -> list[str]:
         name, short = self.classnames[label], self.short[label]
@@ -54,15 +55,15 @@ DIGITS = LabelSource(
                "a handwritten digit {name}", "a scan of a handwritten {name}", "the digit {label}",
                "a black and white picture of the number {label}", "{name}, written by hand",
                "a pen drawing of the numeral {name}", "a blurry {label} on a dark background"],
-    prompts=["a photo of the number {}.", "an image of a {}.", "{}", "the digit {}."],
-    loader=load_mnist5k,
+    prompts=["a photo of the number {}.", "an image of a {}.", "a drawing of the number {}.", "the digit {}."],
+    loader=load_mnist5k, train_repeats=2,
 )
 ANIMALS = LabelSource(
     "animals", list(ANIMAL_NAMES), list(ANIMAL_NAMES),
     templates=["a silhouette of {a_name}", "a photo of {a_name}", "the outline of {a_name}",
                "a black shape of {a_name}", "a small picture of {a_name}", "{a_name} seen from the side",
                "a shadow of {a_name}", "an animal: {name}", "a white {name} on black", "a drawing of {a_name}"],
-    prompts=["a photo of a {}.", "an image of the {}.", "{}", "a silhouette of the {}."],
+    prompts=["a photo of a {}.", "an image of the {}.", "a picture of the {}.", "a silhouette of the {}."],
     loader=load_animals,
 )
 DEFAULT_SOURCES = (DIGITS, ANIMALS)
@@ -88,15 +89,15 @@ def write_shards(samples: list[dict], pattern: str, maxcount: int = 1000) -> lis
 
 
 def label_samples(source: LabelSource, images: np.ndarray, labels: np.ndarray, index: np.ndarray,
-                  rng: random.Random) -> list[dict]:
+                  rng: random.Random, key_suffix: str = "") -> list[dict]:
     """One sample per image index; txt is one caption drawn at random, json lists them all."""
     out = []
     for i in index:
         label = int(labels[i])
         caps = source.captions(label)
         meta = {"source": source.name, "label": label, "classname": source.classnames[label], "captions": caps}
-        out.append({"__key__": f"{source.name}{i:06d}", "png": png_bytes(images[i]), "txt": rng.choice(caps),
-                    "cls": label, "json": meta})
+        out.append({"__key__": f"{source.name}{i:06d}{key_suffix}", "png": png_bytes(images[i]),
+                    "txt": rng.choice(caps), "cls": label, "json": meta})
     return out
 
 
@@ -115,9 +116,10 @@ def build_label_shards(out_dir: str | Path, sources=DEFAULT_SOURCES, test_fracti
     for src in sources:
         images, labels = src.loader()
         tr, te = split_indices(len(images), test_fraction, seed)
-        train += label_samples(src, images, labels, tr, rng)
+        for r in range(src.train_repeats):
+            train += label_samples(src, images, labels, tr, rng, key_suffix=f"r{r}" if r else "")
         test += label_samples(src, images, labels, te, rng)
-        counts[src.name] = {"train": len(tr), "test": len(te)}
+        counts[src.name] = {"train": len(tr), "test": len(te), "train_repeats": src.train_repeats}
         log.info("%s: %d train / %d test images", src.name, len(tr), len(te))
     rng.shuffle(train)  # mix the sources inside every shard
     paths = {"train": write_shards(train, str(out_dir / "train-%06d.tar"), maxcount),

@@ -22,7 +22,7 @@ def retrieval_examples(model, images: torch.Tensor, labels: torch.Tensor, source
         img = encode_images(model, images[rows])
         scores = img @ txt.T  # (n, P) cosine similarities
         for r, s in zip(rows, scores):
-            top = s.topk(k)
+            top = s.topk(min(k, len(texts)))
             truth = classes[src]["classnames"][int(labels[r])] if src in classes else "?"
             out.append({"image": images[r], "truth": truth,
                         "top": [(texts[j], float(v)) for v, j in zip(top.values, top.indices)]})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import lightning as L
@@ -14,28 +15,47 @@ from ..losses.contrastive import ClipLoss, contrastive_accuracy
 class ClipTrain:
     """Training settings of recipes/clip_pretrain.py (override any with key=value)."""
 
-    lr: float = 2e-3
+    lr: float = 1e-3
     min_lr_ratio: float = 0.05
     warmup: int = 100
     weight_decay: float = 0.1
     beta2: float = 0.98
-    batch_size: int = 256
+    batch_size: int = 128
     num_workers: int = 1
     shuffle: int = 2000  # sample shuffle buffer
     augment: bool = True  # small random affine on training images
     random_caption: bool = True  # draw a fresh caption from json["captions"] each time an image is seen
-    train_minutes: float = 9.5  # wall-clock cap on fitting (Lightning max_time); max_steps usually ends first
+    train_minutes: float = 9.0  # wall-clock budget of fitting (Lightning max_time)
+    schedule_by_time: bool = True  # the cosine follows max(step / max_steps, elapsed / budget): it always anneals
     eval_batch: int = 512
 
 
-def cosine_with_warmup(warmup: int, total: int, min_ratio: float):
+def cosine_with_warmup(warmup: int, total: int, min_ratio: float, time_fraction=None):
+    """LR factor per step: linear warmup, then cosine to min_ratio. With `time_fraction` (a callable giving the
+    fraction of a wall-clock budget used), progress is the larger of the step and time fractions."""
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         t = min((step - warmup) / max(total - warmup, 1), 1.0)
+        if time_fraction is not None:
+            t = max(t, min(time_fraction(), 1.0))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
     return factor
+
+
+class Budget:
+    """Fraction of a wall-clock budget used since start() (0 before it)."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.t0 = seconds, None
+
+    def start(self):
+        self.t0 = time.perf_counter()
+
+    def __call__(self) -> float:
+        return 0.0 if self.t0 is None else (time.perf_counter() - self.t0) / self.seconds
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -53,6 +73,11 @@ class ClipTask(L.LightningModule):
         self.model, self.train_cfg, self.max_steps = model, train, max_steps
         self.loss_fn = ClipLoss()
         self.samples_seen = 0
+        self.budget = Budget(train.train_minutes * 60) if train.schedule_by_time else None
+
+    def on_train_start(self):
+        if self.budget is not None:
+            self.budget.start()
 
     def training_step(self, batch, batch_idx):
         image, text, scale = self.model(batch["images"], batch["text"])
@@ -61,6 +86,7 @@ class ClipTask(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/logit_scale", scale.detach())
         self.log("train/batch_acc", contrastive_accuracy(image.detach(), text.detach()))
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
@@ -70,5 +96,6 @@ class ClipTask(L.LightningModule):
     def configure_optimizers(self):
         t = self.train_cfg
         opt = torch.optim.AdamW(param_groups(self.model, t.weight_decay), lr=t.lr, betas=(0.9, t.beta2), eps=1e-6)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(t.warmup, self.max_steps, t.min_lr_ratio))
+        factor = cosine_with_warmup(t.warmup, self.max_steps, t.min_lr_ratio, self.budget)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
