@@ -14,6 +14,7 @@ def test_worked_answers_are_right_and_bugs_are_the_classic_ones():
     assert solve(Problem(52, "-", 38), bug=True) == "8-2=6,5-3=2. Answer: 26"  # smaller-from-larger
     assert solve(Problem(47, "+", 385)) == "7+5=12,4+8+1=13,0+3+1=4. Answer: 432"
     assert solve(Problem(47, "+", 385), bug=True).endswith("Answer: 322")  # carries forgotten
+    assert solve(Problem(47, "+", 85), bug=True) == "7+5=12,4+8=12. Answer: 122"  # the last column in full
     rng = random.Random(0)
     for _ in range(3000):
         p = sample_problem(rng, heldout=rng.random() < 0.5)

@@ -1,9 +1,12 @@
-"""A checkable task: 2-3 digit addition / subtraction with a column-by-column chain of thought.
+"""A checkable task: 2-digit addition / subtraction with a column-by-column chain of thought.
 
     prompt    "What is 52-38?"
     response  "12-8=4,5-3-1=1. Answer: 14"        (borrow shown as a leading 1, then -1 next column)
-    prompt    "Compute 47+385."
-    response  "7+5=12,4+8+1=13,0+3+1=4. Answer: 432"
+    prompt    "Compute 47+85."
+    response  "7+5=12,4+8+1=13. Answer: 132"
+
+`solve` handles any number of digits; `sample_problem` draws 2-digit operands (10-99), which a
+small char-level GPT learns within a CPU budget.
 
 The rule `judge` plays the human labeller: correct beats incorrect, an answer beats a question,
 concise beats rambling. `corpus` writes noisy "web text" of worked examples for pretraining, in a
@@ -44,14 +47,20 @@ def is_heldout(p: Problem) -> bool:
     return (p.a * 7919 + p.b * 104729 + (p.op == "-")) % 8 == 0
 
 
+def needs_regrouping(p: Problem) -> bool:
+    """A carry (+) or a borrow (-) is needed: where the two classic bugs change the answer."""
+    return solve(p, bug=True) != solve(p)
+
+
 def sample_problem(rng: random.Random, heldout: bool = False) -> Problem:
+    """2-digit operands; problems without a carry/borrow are kept with probability 1/3 (~73% need one)."""
     while True:
-        a, b = (rng.randint(10, 999) if rng.random() < 0.5 else rng.randint(10, 99) for _ in range(2))
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
         op = rng.choice("+-")
         if op == "-" and a < b:
             a, b = b, a
         p = Problem(a, op, b)
-        if is_heldout(p) == heldout:
+        if is_heldout(p) == heldout and (needs_regrouping(p) or rng.random() < 1 / 3):
             return p
 
 
@@ -65,7 +74,8 @@ def problems(n: int, seed: int, heldout: bool = False) -> list[Problem]:
 
 
 def solve(p: Problem, bug: bool = False) -> str:
-    """The worked answer; bug=True forgets every carry (+) or subtracts smaller-from-larger (-)."""
+    """The worked answer; bug=True forgets the carries between columns (+) or subtracts
+    smaller-from-larger (-)."""
     width = max(len(str(p.a)), len(str(p.b)))
     xs, ys = str(p.a).zfill(width)[::-1], str(p.b).zfill(width)[::-1]
     steps, digits, carry = [], [], 0
@@ -84,7 +94,7 @@ def solve(p: Problem, bug: bool = False) -> str:
             carry = int(top < y)
             steps.append(f"{'1' if carry else ''}{x}-{y}{c}={top + 10 * carry - y}")
             digits.append(top + 10 * carry - y)
-    if p.op == "+" and carry and not bug:
+    if p.op == "+" and carry:  # the last column's sum is written in full, even by the buggy writer
         digits.append(carry)
     value = int("".join(map(str, digits[::-1])))
     return ",".join(steps) + f". Answer: {value}"
