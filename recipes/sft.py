@@ -38,7 +38,7 @@ class SFTConfig:
 
 def main(argv=None):
     setup_logging()
-    parser = recipe_parser(__doc__.splitlines()[0], "", 60, "runs/align/sft")
+    parser = recipe_parser(__doc__.splitlines()[0], "", 30, "runs/align/sft")
     parser.add_argument("--init", default="runs/align/base/model", help="pretrained model folder")
     args = parse_args(parser, argv)
     routed = split_overrides(args.overrides, train=SFTConfig())

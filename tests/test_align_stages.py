@@ -128,3 +128,21 @@ def test_ppo_step_moves_policy_and_reports_kl():
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.gpt.parameters()))
     stats = ppo.step(heldout_problems("eval", 8))
     assert stats["kl"] != 0.0
+
+
+def test_ppo_recipe_and_report(tiny_runs, tmp_path):
+    import ppo
+
+    from mmfm.align.heads import RewardModel
+    from mmfm.align.report import main as report
+
+    RewardModel(mmfm.build_model(tiny_runs / "sft" / "model")).save_pretrained(tiny_runs / "rm_init")
+    out = ppo.main(["--init", str(tiny_runs / "sft" / "model"), "--reward", str(tiny_runs / "rm_init"),
+                    "--out", str(tiny_runs / "ppo"), "--max-steps", "2", "prompts_per_step=8", "minibatch=4",
+                    "max_new=8", "n_eval=4"])
+    history = json.loads((tiny_runs / "ppo" / "history.json").read_text())
+    assert [h["step"] for h in history] == [0, 1] and all("kl" in h and "reward" in h for h in history)
+    assert "kl_to_sft" in out
+    stages = report(str(tiny_runs), str(tmp_path))
+    assert {"base", "sft", "ppo"} <= set(stages)
+    assert (tmp_path / "align_accuracy.png").stat().st_size > 1000 and (tmp_path / "align_ppo.png").is_file()

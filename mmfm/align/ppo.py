@@ -24,7 +24,7 @@ class PPOConfig:
     prompts_per_step: int = 64
     epochs: int = 2  # passes over each rollout batch
     minibatch: int = 32
-    lr: float = 2e-5
+    lr: float = 5e-5
     clip: float = 0.2
     vf_clip: float = 0.2
     vf_coef: float = 0.1
