@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -50,6 +51,7 @@ class DiTTrain:
     eval_seed: int = 0
     text_encoder: str = ""  # a saved mmfm CLIP folder: condition on its text tower (frozen) instead of labels
     text_tokens: bool = False  # also cross-attend over the text tokens (needs text_encoder)
+    max_minutes: float = 0.0  # >0: also stop training after this many minutes (the CPU budget), whichever first
     limit: int | None = None  # images per dataset and split (tests, smoke runs)
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
 
@@ -91,7 +93,8 @@ def main(argv=None):
     loader = DataLoader(TensorDataset(data.images, data.labels), batch_size=train.batch_size, shuffle=True,
                         drop_last=True, generator=torch.Generator().manual_seed(args.seed))
     timer = Timer()
-    trainer = make_trainer(args, callbacks=[ema, grid, hist], limit_val_batches=0)
+    budget = {"max_time": timedelta(minutes=train.max_minutes)} if train.max_minutes > 0 else {}
+    trainer = make_trainer(args, callbacks=[ema, grid, hist], limit_val_batches=0, **budget)
     trainer.fit(task, loader, ckpt_path=args.resume and str(Path(args.resume) / "checkpoints" / "last.ckpt"))
     train_s = timer.elapsed
     metrics = {"train/loss": float(trainer.callback_metrics["train/loss"]), "steps": trainer.global_step,

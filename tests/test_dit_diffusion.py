@@ -39,7 +39,7 @@ def test_targets_match_scheduler_definitions():
     torch.testing.assert_close(diffusion_target(v, x0, noise, t), expected)
 
 
-@pytest.mark.parametrize("pred", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("pred", ["epsilon", "v_prediction", "sample"])
 @pytest.mark.parametrize("name", ["ddim", "dpm++"])
 def test_oracle_denoiser_recovers_x0(pred, name):
     """A model that returns the exact target for a known x0 must make every sampler land on x0."""
@@ -50,7 +50,7 @@ def test_oracle_denoiser_recovers_x0(pred, name):
     def oracle(x, t):
         a = a_all[t.long()].view(-1, 1, 1, 1)
         eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
-        return eps if pred == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
+        return {"epsilon": eps, "sample": x0, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0}[pred]
 
     oracle.parameters = lambda: iter([torch.zeros(1)])
     out = sample(oracle, make_sampler(name, sch.config), x0.shape, steps=10, generator=torch.Generator().manual_seed(0))
@@ -99,3 +99,30 @@ def test_learn_sigma_model_uses_first_channels():
     loss.backward()
     out = sample(m.eval(), make_sampler("ddim", sch.config), (2, 1, 16, 16), {"y": torch.tensor([1, 2])}, 1.5, steps=2)
     assert out.shape == (2, 1, 16, 16)
+
+
+def test_text_conditioning_through_frozen_clip_tower():
+    from mmfm.diffusion.text import PromptConditioner, class_captions
+    from mmfm.tokenizers import CharTokenizer
+
+    names = ["seven", "cat"]
+    captions, prompts = class_captions(names)
+    assert prompts == ["a handwritten digit seven", "a silhouette of a cat"] and "a silhouette of a cat" in captions[1]
+    clip = mmfm.build_model("clip-test", img_size=28, patch_size=7, in_chans=1, image_mean=(0.5,), image_std=(0.5,),
+                            context_length=48)
+    clip.tokenizer = CharTokenizer.train("".join(c for caps in captions for c in caps))
+    pc = PromptConditioner(clip, names, tokens=True)
+    dit = mmfm.build_model("dit-test", depth=1, input_size=28, patch_size=7, num_classes=0, text_dim=pc.text_dim,
+                           context_dim=pc.context_dim)
+    for m in dit.modules():  # leave the adaLN-Zero start so gradients reach the condition path
+        if isinstance(m, torch.nn.Linear) and m.weight.abs().sum() == 0:
+            torch.nn.init.normal_(m.weight, std=0.05)
+    cond = pc.batch_condition((torch.zeros(4, 1, 28, 28), torch.tensor([0, 1, 1, 0])))
+    assert cond["text"].shape == (4, pc.text_dim) and cond["context"].shape[:2] == cond["context_mask"].shape
+    loss = diffusion_loss(dit, make_train_scheduler(), torch.rand(4, 1, 28, 28) * 2 - 1, cond, 0.5, None)
+    loss.backward()
+    assert dit.text_proj.weight.grad.abs().sum() > 0 and dit.transformer.blocks[0].cross.kv.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in clip.parameters())
+    images = sample(dit.eval(), make_sampler("ddim", make_train_scheduler().config), (2, 1, 28, 28),
+                    pc.condition(torch.tensor([0, 1])), 2.0, steps=2)
+    assert 0.0 <= pc.retrieval(images, torch.tensor([0, 1])) <= 1.0

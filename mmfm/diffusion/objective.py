@@ -46,10 +46,12 @@ def drop_condition(cond: dict, p: float, null_label: int | None, generator: torc
 
 
 def diffusion_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the network regresses: the noise (epsilon) or v = alpha_t * eps - sigma_t * x0."""
+    """What the network regresses: the noise (epsilon), v = alpha_t * eps - sigma_t * x0, or x0 itself (sample)."""
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
         return noise
+    if kind == "sample":
+        return x0
     if kind == "v_prediction":
         return scheduler.get_velocity(x0, noise, t)
     raise ValueError(f"unsupported prediction_type {kind!r}")

@@ -16,8 +16,8 @@ SCHEDULER_DIR = "scheduler"
 def make_train_scheduler(prediction_type: str = "epsilon", beta_schedule: str = "squaredcos_cap_v2",
                          num_train_timesteps: int = 1000) -> DDPMScheduler:
     """The forward process: q(x_t | x_0) and the training target (epsilon or v)."""
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise ValueError(f"prediction_type must be epsilon or v_prediction, got {prediction_type!r}")
+    if prediction_type not in ("epsilon", "v_prediction", "sample"):
+        raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
                          prediction_type=prediction_type, clip_sample=True, clip_sample_range=1.0,
                          timestep_spacing="trailing")
