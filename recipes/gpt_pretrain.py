@@ -65,7 +65,7 @@ def sample(model, n_tokens: int, seed: int) -> str:
 
 def main(argv=None) -> dict:
     setup_logging()
-    parser = recipe_parser(__doc__.splitlines()[0], preset="gpt-shakespeare-char", max_steps=2000,
+    parser = recipe_parser(__doc__.splitlines()[0], preset="gpt-shakespeare-char", max_steps=20000,
                            out="runs/gpt_shakespeare")
     args = parse_args(parser, argv)
     base = mmfm.build_model(args.preset).config if Path(args.preset).is_dir() else mmfm.get_config(args.preset)

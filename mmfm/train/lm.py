@@ -16,7 +16,7 @@ class LMTrainConfig:
     """What an LM recipe may vary besides the model (overridable as key=value)."""
 
     data: str = "data/shakespeare/char"  # a token folder: train.bin, val.bin, tokenizer/, meta.json
-    batch_size: int = 32
+    batch_size: int = 16
     lr: float = 3e-3
     min_lr: float = 3e-4  # cosine decays lr to min_lr at the last step
     warmup_steps: int = 100
@@ -28,7 +28,7 @@ class LMTrainConfig:
     val_tokens: int = 65_536  # periodic validation sample, spread over the held-out split
     final_val_tokens: int = 0  # the final validation; 0: the whole held-out split
     compile: bool = False  # torch.compile the training forward
-    time_budget_s: float = 0.0  # >0: stop after this many seconds of training (validation excluded); the
+    time_budget_s: float = 580.0  # >0: stop after this many seconds of training (validation excluded); the
     # cosine then runs on max(step / max_steps, seconds / time_budget_s), so it always completes
     target_val_loss: float = 1.60
     sample_tokens: int = 200  # a sample printed to the log at the end (0: none)
