@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from mmfm.adapt import (METHODS, TaskKind, balanced_weights, build_adapted, count_params, is_lora, merge_lora,
@@ -28,7 +29,7 @@ from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, rec
 from mmfm.train.classify import predict
 
 log = logging.getLogger("finetune")
-METHOD_LR = {"linear": 3e-3, "lora": 1e-3, "full": 3e-4}
+METHOD_LR = {"linear": 1e-2, "lora": 1e-3, "full": 3e-4}
 
 
 @dataclass
@@ -95,9 +96,31 @@ def restore_best(trainer, task, val_loader) -> float:
     return trainer.validate(task, val_loader, ckpt_path=best.best_model_path, verbose=False)[0]["val/loss"]
 
 
-def main(argv=None):
+def frozen_features(vit, data) -> dict:
+    """{split: (pooled features (N, dim), targets)} of a frozen backbone, in eval mode (no dropout)."""
+    head, vit.head = vit.head, nn.Identity()
+    try:
+        return {s: (predict(vit, x), y) for s, (x, y) in data.items()}
+    finally:
+        vit.head = head
+
+
+def fit(args, train: FinetuneTrain, module, data, title: str) -> tuple[int, bool, float]:
+    """Train with early stopping on val/loss, restore the best checkpoint: (steps, stopped early, best val/loss)."""
     from lightning.pytorch.callbacks import EarlyStopping
 
+    loader = DataLoader(TensorDataset(*data["train"]), batch_size=min(train.batch_size, len(data["train"][1])),
+                        shuffle=True, generator=torch.Generator().manual_seed(args.seed))
+    val_loader = DataLoader(TensorDataset(*subset(data["val"], train.val_subset, args.seed)), batch_size=512)
+    stop = EarlyStopping(monitor="val/loss", mode="min", patience=train.patience)
+    trainer = make_trainer(args, callbacks=[LossHistory(args.out, title=title), stop], val_every=train.val_every,
+                           best_metric="val/loss", num_sanity_val_steps=0, enable_progress_bar=train.progress)
+    trainer.fit(module, loader, val_loader)
+    best = restore_best(trainer, module, val_loader)
+    return trainer.global_step, stop.wait_count >= stop.patience, best
+
+
+def main(argv=None):
     setup_logging()
     args = parse_args(build_parser(), argv)
     cfg = source_config(args.preset)
@@ -118,21 +141,16 @@ def main(argv=None):
     log.info("%s on %s (%s, %d classes): %d train / %d val / %d test, %s", args.method, task.name, kind.kind,
              kind.n_classes, len(data["train"][1]), len(data["val"][1]), len(data["test"][1]), count_params(model))
 
-    lr = train.lr if train.lr is not None else METHOD_LR[args.method]
-    module = AdaptTask(model, kind, lr, train.weight_decay, train.warmup_steps, args.max_steps)
-    loader = DataLoader(TensorDataset(*data["train"]), batch_size=min(train.batch_size, len(data["train"][1])),
-                        shuffle=True, generator=torch.Generator().manual_seed(args.seed))
-    val_loader = DataLoader(TensorDataset(*subset(data["val"], train.val_subset, args.seed)), batch_size=512)
-    hist = LossHistory(args.out, title=f"{args.method} on {task.name}")
-    stop = EarlyStopping(monitor="val/loss", mode="min", patience=train.patience)
     timer = Timer()
-    trainer = make_trainer(args, callbacks=[hist, stop], val_every=train.val_every, best_metric="val/loss",
-                           num_sanity_val_steps=0, enable_progress_bar=train.progress)
-    trainer.fit(module, loader, val_loader)
-    best_val_loss = restore_best(trainer, module, val_loader)
-    metrics = {**evaluate(model, kind, data, task.label_names, Path(args.out)), "val/best_loss": best_val_loss,
-               "steps": trainer.global_step, "stopped_early": stop.wait_count >= stop.patience, "method": args.method,
-               "init": str(args.preset), "from_scratch": args.from_scratch, "data": task.name, "kind": kind.kind,
+    net, inputs = model, data
+    if args.method == "linear":  # a frozen backbone: compute its features once, then only the head trains
+        net, inputs = model.head, frozen_features(model, data)
+    lr = train.lr if train.lr is not None else METHOD_LR[args.method]
+    module = AdaptTask(net, kind, lr, train.weight_decay, train.warmup_steps, args.max_steps)
+    steps, stopped, best_val_loss = fit(args, train, module, inputs, f"{args.method} on {task.name}")
+    metrics = {**evaluate(net, kind, inputs, task.label_names, Path(args.out)), "val/best_loss": best_val_loss,
+               "steps": steps, "stopped_early": stopped, "method": args.method, "init": str(args.preset),
+               "from_scratch": args.from_scratch, "data": task.name, "kind": kind.kind,
                "label_fraction": train.label_fraction, "n_train": len(data["train"][1]), **count_params(model)}
     return finish(args, merge_lora(model), metrics, timer)
 

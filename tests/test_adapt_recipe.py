@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mmfm
-from mmfm.adapt.data import to_backbone_input
+from mmfm.adapt.data import pixel_stats, to_backbone_input
 from mmfm.data.medical import save_npz
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,20 +53,27 @@ def test_lora_weighted_multiclass_from_saved_folder(tmp_path):
     assert (out / "loss.png").is_file() and (out / "checkpoints" / "best.ckpt").is_file()
     model = mmfm.build_model(out / "model").eval()  # LoRA merged into a plain ViT with a 3-way head
     assert model.config.num_classes == 3 and not any("lora" in n for n, _ in model.named_parameters())
-    # the saved model reproduces the test accuracy the recipe reported
+    assert _saved_accuracy(model, data, lambda logits: logits.argmax(1)) == pytest.approx(metrics["test/accuracy"])
+
+
+def _saved_accuracy(model, data, decide, stats=((0.5,), (0.5,))) -> float:
+    """Test accuracy of a saved model, recomputed from the .npz (what the recipe reported must match)."""
     test = np.load(data)
-    x = to_backbone_input(test["test_images"], model.config.img_size, model.config.in_chans, (0.5,), (0.5,))
+    x = to_backbone_input(test["test_images"], model.config.img_size, model.config.in_chans, *stats)
     with torch.no_grad():
-        acc = (model(x).argmax(1) == torch.from_numpy(test["test_labels"][:, 0])).float().mean().item()
-    assert acc == pytest.approx(metrics["test/accuracy"])
+        return (decide(model(x)) == torch.from_numpy(test["test_labels"][:, 0])).float().mean().item()
 
 
 def test_linear_binary_clip_with_label_fraction(tmp_path):
     data = _tiny_npz(tmp_path / "bin.npz", "binary", 2, ["no", "yes"], size=24)
     out = tmp_path / "run"
-    _recipe().main(["--init", "clip-test", "--data", str(data), "--method", "linear", "--out", str(out),
-                    "--max-steps", "4", "val_every=2", "label_fraction=0.5", "progress=false"])
+    metrics = _recipe().main(["--init", "clip-test", "--data", str(data), "--method", "linear", "--out", str(out),
+                              "--max-steps", "8", "val_every=2", "label_fraction=0.5", "progress=false"])
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["kind"] == "binary" and saved["n_train"] == 24 and saved["trainable_params"] == 32 + 1
     assert {"test/auroc", "test/f1", "val/balanced_accuracy"} <= set(saved)
-    assert mmfm.build_model(out / "model").config.num_classes == 1
+    model = mmfm.build_model(out / "model").eval()  # backbone + the head fit on cached features
+    assert model.config.num_classes == 1
+    stats = pixel_stats(mmfm.get_config("clip-test"))  # CLIP's own normalisation (not stored in the ViT folder)
+    acc = _saved_accuracy(model, data, lambda logits: (logits[:, 0] > 0).long(), stats)
+    assert acc == pytest.approx(metrics["test/accuracy"])
