@@ -29,7 +29,7 @@ from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, rec
 from mmfm.train.classify import predict
 
 log = logging.getLogger("finetune")
-METHOD_LR = {"linear": 1e-2, "lora": 1e-3, "full": 3e-4}
+METHOD_LR = {"linear": 1e-2, "lora": 2e-3, "full": 1e-3}
 
 
 @dataclass
