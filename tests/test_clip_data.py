@@ -101,3 +101,13 @@ def test_trimming_padding_is_exact():
     assert short.shape == (2, 16)
     with torch.no_grad():
         assert torch.allclose(model.encode_text(ids), model.encode_text(short), atol=1e-6)
+
+
+def test_exact_duplicate_images_are_dropped_before_the_split(tmp_path):
+    src = _source()
+    images, labels = src.loader()
+    images[7] = images[3]  # an exact copy could otherwise be in train and test at once
+    src.loader = lambda: (images, labels)
+    out = build_label_shards(tmp_path, sources=(src,), test_fraction=0.5, maxcount=100)
+    assert out["counts"]["toy"]["duplicates_dropped"] == 1
+    assert out["counts"]["toy"]["train"] + out["counts"]["toy"]["test"] == 29

@@ -21,6 +21,8 @@ from .sources import ANIMAL_NAMES, DIGIT_NAMES, load_animals, load_mnist5k, spli
 
 log = logging.getLogger(__name__)
 CLASSES_FILE = "classes.json"
+BUILD_FILE = "build.json"
+FORMAT = 2  # bump when the default shards change: the recipe then rebuilds them
 
 
 def article(word: str) -> str:
@@ -115,17 +117,27 @@ def build_label_shards(out_dir: str | Path, sources=DEFAULT_SOURCES, test_fracti
     train, test, counts = [], [], {}
     for src in sources:
         images, labels = src.loader()
-        tr, te = split_indices(len(images), test_fraction, seed)
+        keep = unique_images(images)  # exact duplicates would otherwise land on both sides of the split
+        tr, te = (keep[i] for i in split_indices(len(keep), test_fraction, seed))
         for r in range(src.train_repeats):
             train += label_samples(src, images, labels, tr, rng, key_suffix=f"r{r}" if r else "")
         test += label_samples(src, images, labels, te, rng)
-        counts[src.name] = {"train": len(tr), "test": len(te), "train_repeats": src.train_repeats}
-        log.info("%s: %d train / %d test images", src.name, len(tr), len(te))
+        counts[src.name] = {"train": len(tr), "test": len(te), "train_repeats": src.train_repeats,
+                            "duplicates_dropped": len(images) - len(keep)}
+        log.info("%s: %d train / %d test images (%d exact duplicates dropped)", src.name, len(tr), len(te),
+                 len(images) - len(keep))
     rng.shuffle(train)  # mix the sources inside every shard
     paths = {"train": write_shards(train, str(out_dir / "train-%06d.tar"), maxcount),
              "test": write_shards(test, str(out_dir / "test-%06d.tar"), maxcount), "counts": counts}
     update_classes_file(out_dir, classes_meta(sources))
+    (out_dir / BUILD_FILE).write_text(json.dumps({"format": FORMAT, "counts": counts}, indent=2))
     return paths
+
+
+def unique_images(images: np.ndarray) -> np.ndarray:
+    """Indices of the first occurrence of every distinct image, in order."""
+    _, first = np.unique(images.reshape(len(images), -1), axis=0, return_index=True)
+    return np.sort(first)
 
 
 def update_classes_file(out_dir: Path, meta: dict) -> Path:
@@ -143,5 +155,10 @@ def read_classes(shard_dir: str | Path) -> dict:
 
 
 def default_shards_ready(out_dir: str | Path) -> bool:
+    """True when out_dir holds shards written by this version of build_label_shards."""
     d = Path(out_dir)
-    return (d / CLASSES_FILE).is_file() and any(d.glob("train-*.tar")) and any(d.glob("test-*.tar"))
+    try:
+        fmt = json.loads((d / BUILD_FILE).read_text()).get("format")
+    except (OSError, ValueError):
+        return False
+    return fmt == FORMAT and any(d.glob("train-*.tar")) and any(d.glob("test-*.tar"))

@@ -36,11 +36,12 @@ class SkipCounter:
 
 
 def expand_urls(pattern: str | list[str]) -> list[str]:
-    """'data/clip/train-{000000..000011}.tar', a glob ('data/clip/train-*.tar') or a list -> a sorted list."""
+    """'data/clip/train-{000000..000011}.tar', a glob ('data/clip/train-*.tar'), several joined by '::'
+    (webdataset's convention), or a list -> a list of shard paths (each glob sorted)."""
     if not isinstance(pattern, str):
         return [str(p) for p in pattern]
     urls = []
-    for part in braceexpand.braceexpand(pattern):
+    for part in (b for piece in pattern.split("::") for b in braceexpand.braceexpand(piece)):
         urls += sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
     if not urls:
         raise FileNotFoundError(f"no shards match {pattern!r}")

@@ -18,7 +18,11 @@ def retrieval_examples(model, images: torch.Tensor, labels: torch.Tensor, source
     txt = encode_texts(model, tok, texts)
     out = []
     for src in sorted(set(sources)):
-        rows = [i for i, s in enumerate(sources) if s == src][:per_source]
+        first = {}  # the first test image of each class: a varied grid
+        for i, (s, lab) in enumerate(zip(sources, labels.tolist())):
+            if s == src:
+                first.setdefault(lab, i)
+        rows = list(first.values())[:per_source]
         img = encode_images(model, images[rows])
         scores = img @ txt.T  # (n, P) cosine similarities
         for r, s in zip(rows, scores):
