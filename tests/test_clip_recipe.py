@@ -46,3 +46,17 @@ def test_recipe_end_to_end(tmp_path):
     model = mmfm.build_model(out / "model")
     assert model.tokenizer is not None and model.tokenizer.kind == "char"
     assert model.config.in_chans == 1 and model.config.eot_token_id == model.tokenizer.eos_id
+
+
+def test_recipe_continues_from_a_saved_folder(tmp_path):
+    data = _shards(tmp_path)
+    first, second = tmp_path / "a", tmp_path / "b"
+    common = ["--data", data, "--max-steps", "2", "--no-probe"]
+    train = ["batch_size=8", "num_workers=0", "warmup=1"]
+    _recipe().main(common + ["--out", str(first), "--preset", "clip-test"] + train
+                   + ["img_size=28", "patch_size=7", "in_chans=1", "image_mean=(0.5,)", "image_std=(0.5,)",
+                      "context_length=32"])
+    metrics = _recipe().main(common + ["--out", str(second), "--preset", str(first / "model")] + train)
+    assert metrics["steps"] == 2
+    a, b = mmfm.build_model(first / "model"), mmfm.build_model(second / "model")
+    assert a.config == b.config and a.tokenizer.encode("a dark image") == b.tokenizer.encode("a dark image")
