@@ -37,6 +37,7 @@ def metadata(path: Path) -> tuple[str, list[str]]:
 
 
 def captions(title: str, category: str, keywords: list[str]) -> list[str]:
+    title = re.sub(r"\s*\([^)]*\d[^)]*\)", "", title)  # "(wed aug 25 23:29:46 2004)"-style stamps
     title = re.sub(r"[_\-]+", " ", title).strip().lower()
     caps = [title, f"clip art of {title}", f"{category}: {title}"]
     if keywords:
