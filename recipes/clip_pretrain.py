@@ -111,7 +111,7 @@ def main(argv=None) -> dict:
     metrics.update({"train/loss": history.history["train/loss"][-1][1] if history.history.get("train/loss") else None,
                     "steps": trainer.global_step, "samples_seen": samples, "samples_per_s": round(samples / fit_s, 1),
                     "fit_s": round(fit_s, 1), "data_s": round(data_s, 1), "eval_s": round(eval_timer.elapsed, 1),
-                    "skipped_samples": ds.skipped.count, "params": model.num_params()})
+                    "skipped_samples": sum(task.skipped.values()), "params": model.num_params()})
     _summary_png(model, test_urls, history.history, Path(args.out) / "clip_summary.png")
     return finish(args, model, metrics, timer)
 

@@ -77,6 +77,7 @@ def test_undecodable_sample_is_skipped_and_counted(tmp_path):
     ds = image_text_dataset(str(bad), image_transform(_cfg()), Collate(TOK, 32), 100, train=False, handler=counter)
     batches = list(ds)
     assert counter.count == 1 and sum(len(b["captions"]) for b in batches) == 5
+    assert batches[-1]["skipped"] == (-1, 1)  # (worker id, skipped so far) travels with the batches
 
 
 def test_train_stream_shuffles_repeats_and_splits_by_worker(tmp_path):

@@ -2,13 +2,13 @@
 preprocessing, tokenization by the text tower's tokenizer, and a counter of skipped (undecodable) samples."""
 from __future__ import annotations
 
-import braceexpand
 import glob
 import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import braceexpand
 import torch
 import webdataset as wds
 from PIL import Image
@@ -106,6 +106,19 @@ class ToSample:
         return self.transform(image), caption, meta
 
 
+@dataclass
+class TagSkipped:
+    """Adds batch["skipped"] = (worker id, samples this worker's handler skipped so far): DataLoader workers
+    hold copies of the handler, so the count travels with the batches (sum the latest value per worker)."""
+
+    handler: SkipCounter
+
+    def __call__(self, batch: dict) -> dict:
+        info = torch.utils.data.get_worker_info()
+        batch["skipped"] = (info.id if info else -1, self.handler.count)
+        return batch
+
+
 def image_text_dataset(urls, transform, collate, batch_size: int, train: bool = True, shuffle: int = 2000,
                        random_caption: bool = True, seed: int = 0, handler: SkipCounter | None = None):
     """A webdataset pipeline of collated batches.
@@ -121,7 +134,7 @@ def image_text_dataset(urls, transform, collate, batch_size: int, train: bool = 
     if train:
         ds = ds.shuffle(shuffle, seed=seed)
     ds = ds.decode("pil", handler=handler).map(ToSample(transform, random_caption and train, seed), handler=handler)
-    ds = ds.batched(batch_size, collation_fn=collate, partial=not train)
+    ds = ds.batched(batch_size, collation_fn=collate, partial=not train).map(TagSkipped(handler))
     if train:
         ds = ds.repeat()  # an endless stream: every rank keeps stepping however its shards divide
     ds.skipped = handler
@@ -138,6 +151,7 @@ def load_all(urls, transform, collate, batch_size: int = 512) -> dict:
     ds = image_text_dataset(urls, transform, collate, batch_size, train=False)
     out: dict = {}
     for batch in ds:
+        batch.pop("skipped", None)
         for k, v in batch.items():
             out.setdefault(k, []).append(v)
     if not out:

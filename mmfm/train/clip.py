@@ -73,6 +73,7 @@ class ClipTask(L.LightningModule):
         self.model, self.train_cfg, self.max_steps = model, train, max_steps
         self.loss_fn = ClipLoss()
         self.samples_seen = 0
+        self.skipped: dict[int, int] = {}  # DataLoader worker -> undecodable samples it skipped so far
         self.budget = Budget(train.train_minutes * 60) if train.schedule_by_time else None
 
     def on_train_start(self):
@@ -83,6 +84,9 @@ class ClipTask(L.LightningModule):
         image, text, scale = self.model(batch["images"], batch["text"])
         loss = self.loss_fn(image, text, scale)
         self.samples_seen += batch["images"].shape[0]
+        if "skipped" in batch:
+            worker, count = batch["skipped"]
+            self.skipped[int(worker)] = int(count)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/logit_scale", scale.detach())
         self.log("train/batch_acc", contrastive_accuracy(image.detach(), text.detach()))
