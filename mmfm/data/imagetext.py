@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,11 +129,24 @@ def build_label_shards(out_dir: str | Path, sources=DEFAULT_SOURCES, test_fracti
         log.info("%s: %d train / %d test images (%d exact duplicates dropped)", src.name, len(tr), len(te),
                  len(images) - len(keep))
     rng.shuffle(train)  # mix the sources inside every shard
-    paths = {"train": write_shards(train, str(out_dir / "train-%06d.tar"), maxcount),
-             "test": write_shards(test, str(out_dir / "test-%06d.tar"), maxcount), "counts": counts}
-    update_classes_file(out_dir, classes_meta(sources))
-    (out_dir / BUILD_FILE).write_text(json.dumps({"format": FORMAT, "counts": counts}, indent=2))
-    return paths
+    stage = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
+    n_train = len(write_shards(train, str(stage / "train-%06d.tar"), maxcount))
+    n_test = len(write_shards(test, str(stage / "test-%06d.tar"), maxcount))
+    update_classes_file(stage, classes_meta(sources))
+    (stage / BUILD_FILE).write_text(json.dumps({"format": FORMAT, "counts": counts}, indent=2))
+    swap_in(stage, out_dir)
+    return {"train": [str(out_dir / f"train-{i:06d}.tar") for i in range(n_train)],
+            "test": [str(out_dir / f"test-{i:06d}.tar") for i in range(n_test)], "counts": counts}
+
+
+def swap_in(stage: Path, out_dir: Path) -> None:
+    """Replace out_dir by the finished stage folder with two renames: a reader never sees half-written shards
+    (files it already opened stay readable after the old folder is removed)."""
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(stage, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def unique_images(images: np.ndarray) -> np.ndarray:
