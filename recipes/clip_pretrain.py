@@ -89,8 +89,8 @@ def main(argv=None) -> dict:
     train = ClipTrain(**routed["train"])
     data_timer = Timer()
     train_urls, test_urls = resolve_data(args)
-    data_s = data_timer.elapsed
     model = build_clip(args.preset, routed["model"], train_urls)
+    data_s = data_timer.elapsed  # shards (when built here) + tokenizer training
 
     collate = Collate(model.tokenizer, model.config.context_length)
     ds = image_text_dataset(train_urls, image_transform(model.config, train=True, augment=train.augment), collate,
