@@ -40,6 +40,7 @@ def build_parser():
     p.add_argument("--sanity-data", default="animals", help="a second task for a sanity row ('' for none)")
     p.add_argument("--sanity-fractions", default="0.1")
     p.add_argument("--plot", default="docs/img/adapt_label_efficiency.png")
+    p.add_argument("--reuse-only", action="store_true", help="tabulate finished cells only; run nothing")
     return p
 
 
@@ -62,6 +63,8 @@ def run_cell(args, data: str, backbone: str, init: str, method: str, fraction: f
         if all(old.get(k) == v for k, v in spec.items()) and old.get("steps", 0) <= args.max_steps:
             log.info("reusing %s", done)
             return {"data": Path(data).stem, "backbone": backbone, **{k: old.get(k) for k in ("method", "label_fraction", *COLUMNS)}}
+    if args.reuse_only:
+        return None
     argv = ["--init", init, "--data", data, "--method", method, "--out", str(out), "--max-steps", str(args.max_steps),
             "--seed", str(args.seed), "--device", args.device, f"label_fraction={fraction}", "progress=false",
             *[f"{k}={v}" for k, v in args.overrides.items()]]
@@ -129,8 +132,10 @@ def main(argv=None):
         for backbone, init in inits.items():
             for method in args.methods.split(","):
                 for fraction in map(float, fractions.split(",")):
-                    rows.append(run_cell(args, data, backbone, init, method, fraction))
-                    log.info("%s", json.dumps(rows[-1]))
+                    row = run_cell(args, data, backbone, init, method, fraction)
+                    if row is not None:
+                        rows.append(row)
+                        log.info("%s", json.dumps(row))
     out = Path(args.out)
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     md = "\n\n".join(table(rows, Path(data).stem) for data, _, _ in grid)
