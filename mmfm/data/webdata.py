@@ -48,13 +48,27 @@ def expand_urls(pattern: str | list[str]) -> list[str]:
     return urls
 
 
+@dataclass
+class ConvertMode:
+    """PIL image -> the given mode ("L" or "RGB"); a class so that spawned DataLoader workers can pickle it."""
+
+    mode: str
+
+    def __call__(self, image):
+        if image.mode in ("RGBA", "LA", "P") and self.mode == "L":
+            image = image.convert("RGBA")
+            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(white, image)  # transparent -> white, not black
+        return image.convert(self.mode)
+
+
 def image_transform(config, train: bool = False, augment: bool = True):
     """The CLIP config's preprocessing: PIL image -> (C, H, W) float, resized to img_size, `in_chans` channels,
     normalised with image_mean/image_std. With train and augment: small random shifts and scales."""
     from torchvision import transforms as T
 
     size = config.img_size
-    steps = [T.Lambda(lambda im: im.convert("L" if config.in_chans == 1 else "RGB"))]
+    steps = [ConvertMode("L" if config.in_chans == 1 else "RGB")]
     if train and augment:
         steps.append(T.RandomAffine(degrees=8, translate=(0.08, 0.08), scale=(0.9, 1.1)))
     steps += [T.Resize(size, antialias=True), T.CenterCrop(size), T.ToTensor(),
