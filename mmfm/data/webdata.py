@@ -55,7 +55,7 @@ class ConvertMode:
     mode: str
 
     def __call__(self, image):
-        if image.mode in ("RGBA", "LA", "P") and self.mode == "L":
+        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
             image = image.convert("RGBA")
             white = Image.new("RGBA", image.size, (255, 255, 255, 255))
             image = Image.alpha_composite(white, image)  # transparent -> white, not black
