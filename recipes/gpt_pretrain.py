@@ -63,6 +63,25 @@ def sample(model, n_tokens: int, seed: int) -> str:
     return tok.decode(ids[0])
 
 
+def plot_curve(out: str | Path, tokens_per_step: int, target: float | None = None) -> Path:
+    """<out>/curve.png: train and validation loss (nats/token) against tokens seen, from the CSV log."""
+    import csv
+
+    from mmfm.train import plot_curves
+
+    series: dict[str, list] = {"train/loss": [], "val/loss (sample)": []}
+    with open(Path(out) / "logs" / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            for key, name in (("train/loss", "train/loss"), ("val/loss", "val/loss (sample)")):
+                if row.get(key):
+                    series[name].append(((int(row["step"]) + 1) * tokens_per_step / 1e6, float(row[key])))
+    if target is not None and series["train/loss"]:
+        last = series["train/loss"][-1][0]
+        series[f"target {target}"] = [(0.0, target), (last, target)]
+    path = plot_curves(series, Path(out) / "curve.png", title="GPT pretraining (x: million tokens)")
+    return path
+
+
 def main(argv=None) -> dict:
     setup_logging()
     parser = recipe_parser(__doc__.splitlines()[0], preset="gpt-shakespeare-char", max_steps=20000,
@@ -97,6 +116,7 @@ def main(argv=None) -> dict:
         "params": model.num_params(), "preset": args.preset, "data": train.data,
         "model_config": model.config.to_dict(), "train_config": dataclasses.asdict(train),
     }
+    plot_curve(args.out, train.batch_size * model.config.block_size, train.target_val_loss)
     if train.sample_tokens:
         log.info("sample:\n%s", sample(model, train.sample_tokens, args.seed))
     return finish(args, model, metrics, timer)
