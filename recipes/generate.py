@@ -29,9 +29,11 @@ def main(argv=None) -> list[str]:
     model = mmfm.build_model(args.model).eval()
     if model.tokenizer is None:
         p.error(f"{args.model} has no tokenizer/ folder: cannot encode text prompts")
-    prompts = [s.replace("\\n", "\n") for s in (args.prompt or ["\\n"])]  # allow "\n" on the shell
+    unescape = lambda s: s.replace("\\n", "\n")  # noqa: E731  (allow "\n" on the shell)
+    prompts = [unescape(s) for s in (args.prompt or ["\\n"])]
+    stops = [unescape(s) for s in args.stop] if args.stop else None
     out = model.generate(prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, stop_strings=args.stop, generator=torch.Generator().manual_seed(args.seed))
+                         top_p=args.top_p, stop_strings=stops, generator=torch.Generator().manual_seed(args.seed))
     texts = [prompt + completion for prompt, completion in zip(prompts, out.texts())]
     for i, text in enumerate(texts):
         print(text if len(texts) == 1 else f"--- sample {i}\n{text}", flush=True)
