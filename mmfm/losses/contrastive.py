@@ -25,7 +25,8 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     import torch.distributed.nn
 
-    return torch.cat(torch.distributed.nn.all_gather(x), dim=0)
+    # the autograd all_gather open_clip uses (torch >= 2.10 flags it deprecated in favour of a private API)
+    return torch.cat(torch.distributed.nn.all_gather(x), dim=0)  # (W*B, E)
 
 
 def clip_logits(image_features, text_features, logit_scale):
