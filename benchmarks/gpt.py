@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
     ours.eval(), hf.eval()
     prompt = torch.randint(0, args.vocab_size, (1, args.prompt_len))
     hf_gen, hf_ids = gen_tokens_per_s(lambda n: hf.generate(
-        prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True,
+        prompt, max_new_tokens=n, do_sample=False, use_cache=True,  # no eos id: always n new tokens
         pad_token_id=0)[0, args.prompt_len:].tolist(), args.new_tokens)
     mm_gen, mm_ids = gen_tokens_per_s(lambda n: ours.generate(prompt, n, temperature=0).tolist()[0], args.new_tokens)
     result = {
@@ -94,7 +94,7 @@ def main(argv=None) -> dict:
         "train_tokens_per_s": {"mmfm": round(mm_train), "transformers": round(hf_train)},
         "generate_tokens_per_s": {"mmfm": round(mm_gen), "transformers": round(hf_gen)},
         "train_ratio": round(mm_train / hf_train, 2), "generate_ratio": round(mm_gen / hf_gen, 2),
-        "same_greedy_tokens": mm_ids == hf_ids,
+        "same_greedy_tokens": mm_ids == hf_ids, "new_tokens_each": [len(mm_ids), len(hf_ids)],
     }
     print(json.dumps(result, indent=2))
     print(f"training: mmfm {mm_train:.0f} vs transformers {hf_train:.0f} tokens/s -> {result['train_ratio']}x")
