@@ -16,6 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from mmfm.train import Timer, parse_args, recipe_parser, setup_logging
 
 log = logging.getLogger("label_efficiency")
@@ -40,6 +42,7 @@ def build_parser():
     p.add_argument("--sanity-data", default="animals", help="a second task for a sanity row ('' for none)")
     p.add_argument("--sanity-fractions", default="0.1")
     p.add_argument("--plot", default="docs/img/adapt_label_efficiency.png")
+    p.add_argument("--seeds", default="0", help="seeds per cell (label subset, init, data order); mean ± std")
     p.add_argument("--reuse-only", action="store_true", help="tabulate finished cells only; run nothing")
     return p
 
@@ -54,37 +57,50 @@ def available(backbones: dict[str, str]) -> dict[str, str]:
     return found
 
 
-def run_cell(args, data: str, backbone: str, init: str, method: str, fraction: float) -> dict:
-    out = Path(args.out) / Path(data).stem / f"{backbone}_{method}_f{fraction:g}"
+def run_cell(args, data: str, backbone: str, init: str, method: str, fraction: float, seed: int = 0) -> dict | None:
+    out = Path(args.out) / Path(data).stem / (f"{backbone}_{method}_f{fraction:g}" + (f"_s{seed}" if seed else ""))
+    row = {"data": Path(data).stem, "backbone": backbone, "method": method, "label_fraction": fraction, "seed": seed}
     done = out / "metrics.json"
     spec = {"method": method, "label_fraction": fraction, "init": init, "from_scratch": backbone == "scratch"}
     if done.is_file():
         old = json.loads(done.read_text())
         if all(old.get(k) == v for k, v in spec.items()) and old.get("steps", 0) <= args.max_steps:
             log.info("reusing %s", done)
-            return {"data": Path(data).stem, "backbone": backbone, **{k: old.get(k) for k in ("method", "label_fraction", *COLUMNS)}}
+            return {**row, **{k: old.get(k) for k in COLUMNS}}
     if args.reuse_only:
         return None
     argv = ["--init", init, "--data", data, "--method", method, "--out", str(out), "--max-steps", str(args.max_steps),
-            "--seed", str(args.seed), "--device", args.device, f"label_fraction={fraction}", "progress=false",
+            "--seed", str(seed), "--device", args.device, f"label_fraction={fraction}", "progress=false",
             *[f"{k}={v}" for k, v in args.overrides.items()]]
     if backbone == "scratch":
         argv.append("--from-scratch")
     metrics = finetune_module().main(argv)
-    return {"data": Path(data).stem, "backbone": backbone, "method": method, "label_fraction": fraction,
-            **{k: metrics.get(k) for k in COLUMNS}}
+    return {**row, **{k: metrics.get(k) for k in COLUMNS}}
+
+
+def summary(rows: list[dict], key: tuple, fraction: float, metric: str) -> tuple[float, float, int]:
+    """(mean, std, n) of `metric` over the seeds of one (backbone, method) cell at `fraction`."""
+    v = np.array([r[metric] for r in rows if (r["backbone"], r["method"]) == key and r["label_fraction"] == fraction])
+    return (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)) if len(v) else (np.nan, 0.0, 0)
+
+
+def _cell(rows, key, fraction, metric) -> str:
+    mean, std, n = summary(rows, key, fraction, metric)
+    if n == 0:
+        return "-"
+    auroc = summary(rows, key, fraction, "test/auroc")[0]
+    return f"{mean:.3f} ± {std:.3f} ({auroc:.3f})" if n > 1 else f"{mean:.3f} ({auroc:.3f})"
 
 
 def table(rows: list[dict], data: str, metric: str = "test/balanced_accuracy") -> str:
-    """Markdown: one row per backbone x method, one column per label fraction; cells metric (AUROC)."""
+    """Markdown: one row per backbone x method, one column per label fraction; cells: the metric
+    (mean ± sample std over seeds when there are several) and the mean AUROC in brackets."""
     rows = [r for r in rows if r["data"] == data]
     fractions = sorted({r["label_fraction"] for r in rows})
     head = f"| {data}: backbone | method | " + " | ".join(f"{f:.0%} labels (n={_n(rows, f)})" for f in fractions) + " |"
     lines = [head, "|" + "---|" * (2 + len(fractions))]
     for key in dict.fromkeys((r["backbone"], r["method"]) for r in rows):
-        cells = {r["label_fraction"]: r for r in rows if (r["backbone"], r["method"]) == key}
-        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(
-            f"{cells[f][metric]:.3f} ({cells[f]['test/auroc']:.3f})" if f in cells else "-" for f in fractions) + " |")
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(_cell(rows, key, f, metric) for f in fractions) + " |")
     return "\n".join(lines)
 
 
@@ -103,9 +119,10 @@ def plot(rows: list[dict], data: str, path: Path, metric: str = "test/balanced_a
     fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.4), dpi=120, sharey=True, squeeze=False)
     for ax, method in zip(axes[0], methods):
         for backbone in dict.fromkeys(r["backbone"] for r in rows):
-            pts = sorted((r["label_fraction"], r[metric]) for r in rows if (r["method"], r["backbone"]) == (method, backbone))
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=backbone)
+            fractions = sorted({r["label_fraction"] for r in rows if (r["method"], r["backbone"]) == (method, backbone)})
+            if fractions:
+                stats = np.array([summary(rows, (backbone, method), f, metric)[:2] for f in fractions])  # (F, 2)
+                ax.errorbar(fractions, stats[:, 0], yerr=stats[:, 1], marker="o", capsize=3, label=backbone)
         ax.set_xscale("log")
         ax.set_title(method)
         ax.set_xlabel("fraction of training labels")
@@ -132,16 +149,18 @@ def main(argv=None):
         for backbone, init in inits.items():
             for method in args.methods.split(","):
                 for fraction in map(float, fractions.split(",")):
-                    row = run_cell(args, data, backbone, init, method, fraction)
-                    if row is not None:
-                        rows.append(row)
-                        log.info("%s", json.dumps(row))
+                    for seed in map(int, args.seeds.split(",")):
+                        row = run_cell(args, data, backbone, init, method, fraction, seed)
+                        if row is not None:
+                            rows.append(row)
+                            log.info("%s", json.dumps(row))
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     md = "\n\n".join(table(rows, Path(data).stem) for data, _, _ in grid)
     (out / "table.md").write_text(md + f"\n\ngrid wall time {timer.elapsed:.0f} s\n")
     plot(rows, Path(args.data).stem, Path(args.plot))
-    log.info("table (test balanced accuracy, AUROC in brackets):\n%s\ngrid wall time %.0f s", md, timer.elapsed)
+    log.info("table (test balanced accuracy [± std over seeds], mean AUROC in brackets):\n%s\ngrid wall time %.0f s", md, timer.elapsed)
     return rows
 
 
