@@ -27,6 +27,7 @@ from mmfm.adapt.task import AdaptTask
 from mmfm.eval.classification import classification_metrics, confusion, plot_confusion
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 from mmfm.train.classify import predict
+from mmfm.train.recipe import checkpoint_to_resume
 
 log = logging.getLogger("finetune")
 METHOD_LR = {"linear": 1e-2, "lora": 2e-3, "full": 1e-3}
@@ -115,7 +116,7 @@ def fit(args, train: FinetuneTrain, module, data, title: str) -> tuple[int, bool
     stop = EarlyStopping(monitor="val/loss", mode="min", patience=train.patience)
     trainer = make_trainer(args, callbacks=[LossHistory(args.out, title=title), stop], val_every=train.val_every,
                            best_metric="val/loss", num_sanity_val_steps=0, enable_progress_bar=train.progress)
-    trainer.fit(module, loader, val_loader)
+    trainer.fit(module, loader, val_loader, ckpt_path=checkpoint_to_resume(args.resume))
     best = restore_best(trainer, module, val_loader)
     return trainer.global_step, stop.wait_count >= stop.patience, best
 
