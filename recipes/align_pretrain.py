@@ -34,7 +34,7 @@ SMALL_CHAR = dict(n_layer=4, n_head=4, n_embd=128, block_size=256, pos="rope", m
 
 @dataclass
 class PretrainConfig:
-    n_items: int = 60000  # worked examples in the corpus
+    n_items: int = 150000  # worked examples in the corpus
     bug_rate: float = 0.7
     ramble: float = 0.1
     question: float = 0.1
@@ -42,13 +42,13 @@ class PretrainConfig:
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 0.1
-    warmup: int = 50
+    warmup: int = 100
     n_eval: int = 400
 
 
 def main(argv=None):
     setup_logging()
-    args = parse_args(recipe_parser(__doc__.splitlines()[0], DEFAULT_PRESET, 800, "runs/align/base"), argv)
+    args = parse_args(recipe_parser(__doc__.splitlines()[0], DEFAULT_PRESET, 2500, "runs/align/base"), argv)
     cfg = read_config(Path(args.preset)) if Path(args.preset).is_dir() else mmfm.get_config(args.preset)
     routed = split_overrides(args.overrides, model=cfg, train=PretrainConfig())
     train = PretrainConfig(**routed["train"])

@@ -31,10 +31,10 @@ class DPOConfig:
     loss: str = "dpo"  # or "ipo"
     beta: float = 0.1
     batch_size: int = 32
-    lr: float = 5e-5
+    lr: float = 2e-5
     weight_decay: float = 0.0
     warmup: int = 10
-    n_prompts: int = 1024  # only used if the pairs file must be made here (same defaults as the RM)
+    n_prompts: int = 2048  # only used if the pairs file must be made here (same defaults as the RM)
     n_heldout_prompts: int = 256
     samples: int = 4
     n_eval: int = 400

@@ -37,7 +37,7 @@ class PPORun:
 
 def main(argv=None):
     setup_logging()
-    parser = recipe_parser(__doc__.splitlines()[0], "", 50, "runs/align/ppo")
+    parser = recipe_parser(__doc__.splitlines()[0], "", 100, "runs/align/ppo")
     parser.add_argument("--init", default="runs/align/sft/model", help="SFT model folder (policy and reference)")
     parser.add_argument("--reward", default="runs/align/rm/model", help="reward model folder")
     args = parse_args(parser, argv)

@@ -34,11 +34,11 @@ log = logging.getLogger("reward_model")
 
 @dataclass
 class RMConfig:
-    n_prompts: int = 1024  # training prompts sampled for preferences
+    n_prompts: int = 2048  # training prompts sampled for preferences
     n_heldout_prompts: int = 256
     samples: int = 4  # responses per prompt
     batch_size: int = 32
-    lr: float = 3e-4
+    lr: float = 1e-4
     weight_decay: float = 0.0
     warmup: int = 20
     val_every: int = 50
@@ -60,7 +60,7 @@ def pairwise_accuracy(rm, tok, pairs: list[dict]) -> dict[str, float]:
 
 def main(argv=None):
     setup_logging()
-    parser = recipe_parser(__doc__.splitlines()[0], "", 300, "runs/align/rm")
+    parser = recipe_parser(__doc__.splitlines()[0], "", 400, "runs/align/rm")
     parser.add_argument("--sft", default="runs/align/sft/model", help="SFT model folder (samples + RM init)")
     parser.add_argument("--pairs", default="runs/align/pairs.json", help="preference pairs (made if missing)")
     args = parse_args(parser, argv)
