@@ -7,15 +7,15 @@ import torch
 import torch.nn.functional as F
 
 import mmfm
-from mmfm.data.stepstream import CountCompleted, StepLoader, StepStream
+from mmfm.data.stepstream import CountCompleted, StepLoader, StepStream, step_generator
 from mmfm.train import make_trainer, parse_args, recipe_parser
 from mmfm.train.reliability import (CorruptCheckpointError, NonFiniteLossError, SafeCheckpointIO,
                                     find_resume_checkpoint, verify_checkpoint)
 from mmfm.train.recipe import checkpoint_to_resume
 
 
-def toy_batch(g, step):
-    x = torch.randn(8, 1, 32, 32, generator=g)
+def toy_batch(step, rank, seed=0):
+    x = torch.randn(8, 1, 32, 32, generator=step_generator(seed, step, rank))
     return x, (x.mean(dim=(1, 2, 3)) > 0).long()
 
 
@@ -44,7 +44,7 @@ def run(out, steps, resume=None, nan_at=None, seed=0):
                       ["--out", str(out), "--max-steps", str(steps), "--seed", str(seed)])
     L.seed_everything(seed, verbose=False)
     task = Toy(nan_at)
-    stream = StepStream(toy_batch, seed=seed)
+    stream = StepStream(lambda step, rank: toy_batch(step, rank, seed))
     trainer = make_trainer(args, callbacks=[CountCompleted(stream)], ckpt_every=3, keep_last=2,
                            limit_val_batches=0, enable_progress_bar=False, logger=False)
     trainer.fit(task, StepLoader(stream), ckpt_path=checkpoint_to_resume(resume))

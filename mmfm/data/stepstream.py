@@ -20,14 +20,15 @@ def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
 
 
 class StepStream(IterableDataset):
-    """Yields make_batch(generator, step) for step = start_step, start_step + 1, ...
+    """Yields make_batch(step, rank) for step = start_step, start_step + 1, ... (a pure function of its
+    arguments and the seed it closes over; `step_generator(seed, step, rank)` gives a matching torch RNG).
 
     Under torch.distributed each rank draws from its own (seed, rank) stream; with several DataLoader
     workers, worker w yields the steps congruent to w (DataLoader interleaves them back in order).
     """
 
-    def __init__(self, make_batch: Callable[[torch.Generator, int], object], seed: int = 0):
-        self.make_batch, self.seed = make_batch, seed
+    def __init__(self, make_batch: Callable[[int, int], object]):
+        self.make_batch = make_batch
         self.start_step = 0  # where iteration begins (set on resume)
         self.completed = 0  # batches training has finished (kept by CountCompleted)
 
@@ -37,7 +38,7 @@ class StepStream(IterableDataset):
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         step = self.start_step + wid
         while True:
-            yield self.make_batch(step_generator(self.seed, step, rank), step)
+            yield self.make_batch(step, rank)
             step += nw
 
 
