@@ -2,8 +2,9 @@
 training-step images/s (forward, epsilon MSE, backward, AdamW) and 50-step DDIM sampling time with
 classifier-free guidance. Run alone (it reports timings):
 
-    flock -x /tmp/mmfm-cpu.lock python benchmarks/dit.py                      # dit-mini-4 and dit-s-2 dims
+    flock -x /tmp/mmfm-cpu.lock python benchmarks/dit.py     # dit-mini-4 (28 px) and DiT-S/2 dims on 16x16x4 latents
     python benchmarks/dit.py --configs dit-test --train-iters 2 --sample-steps 2   # smoke
+A config is a preset name with optional overrides after '@': dit-s-2@input_size=16.
 """
 from __future__ import annotations
 
@@ -69,12 +70,20 @@ def ddim_seconds(model, cfg, batch: int, steps: int, guidance: float = 4.0) -> f
     return time.perf_counter() - t0
 
 
-def compare(preset: str, train_batch: int, sample_batch: int, iters: int, steps: int) -> dict:
+def parse_config(text: str) -> tuple[str, dict]:
+    from mmfm.train.recipe import parse_value
+
+    preset, _, rest = text.partition("@")
+    return preset, {k: parse_value(v) for k, v in (kv.split("=") for kv in rest.split("+") if kv)}
+
+
+def compare(config: str, train_batch: int, sample_batch: int, iters: int, steps: int) -> dict:
     torch.manual_seed(0)
-    ours = mmfm.build_model(preset)
+    preset, overrides = parse_config(config)
+    ours = mmfm.build_model(preset, **overrides)
     cfg = ours.config
     theirs = DiffusersCallable(diffusers_twin(cfg), cfg.num_classes)
-    row = {"preset": preset, "params_mmfm": ours.num_params(), "params_diffusers": sum(p.numel() for p in theirs.parameters())}
+    row = {"config": config, "params_mmfm": ours.num_params(), "params_diffusers": sum(p.numel() for p in theirs.parameters())}
     for name, m in (("mmfm", ours), ("diffusers", theirs)):
         row[f"train_img_s_{name}"] = round(train_images_per_s(m, cfg, train_batch, iters), 2)
         row[f"ddim{steps}_s_{name}"] = round(ddim_seconds(m, cfg, sample_batch, steps), 3)
@@ -85,10 +94,10 @@ def compare(preset: str, train_batch: int, sample_batch: int, iters: int, steps:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", default="dit-mini-4,dit-s-2")
-    p.add_argument("--train-batch", type=int, default=32)
-    p.add_argument("--sample-batch", type=int, default=16)
-    p.add_argument("--train-iters", type=int, default=8)
+    p.add_argument("--configs", default="dit-mini-4,dit-s-2@input_size=16")
+    p.add_argument("--train-batch", type=int, default=16)
+    p.add_argument("--sample-batch", type=int, default=4, help="images per DDIM run (x2 rows with guidance)")
+    p.add_argument("--train-iters", type=int, default=5)
     p.add_argument("--sample-steps", type=int, default=50)
     p.add_argument("--json", default=None, help="also write the rows here")
     a = p.parse_args(argv)
