@@ -44,6 +44,7 @@ def recipe_parser(description: str, preset: str, max_steps: int, out: str) -> ar
     p.add_argument("--num-nodes", type=int, default=1)
     p.add_argument("--strategy", default="auto", help="Lightning strategy: auto, ddp, fsdp, ...")
     p.add_argument("--resume", default=None, help="an earlier run's --out folder to continue from")
+    p.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints (default: the recipe's)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. n_layer=6 lr=3e-4")
     return p
 
@@ -105,6 +106,7 @@ def make_trainer(args: argparse.Namespace, callbacks=(), val_every: int | None =
     from .reliability import NonFiniteGuard, RNGState, SafeCheckpointIO
 
     accelerator, precision = resolve_accelerator(args.device)
+    ckpt_every = getattr(args, "ckpt_every", None) or ckpt_every
     folder = Path(args.out) / "checkpoints"
     ckpts = [ModelCheckpoint(dirpath=folder, filename="step{step:07d}", auto_insert_metric_name=False,
                              save_last=True, save_top_k=keep_last, monitor="step", mode="max",
