@@ -17,9 +17,11 @@ import lightning as L
 import torch
 
 import mmfm
+from mmfm.data.stepstream import CountCompleted, StepLoader, StepStream
 from mmfm.data.tokens import TokenWindows, read_meta, val_windows
 from mmfm.tokenizers import load_tokenizer
-from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
+from mmfm.train import (LossHistory, Timer, checkpoint_to_resume, finish, make_trainer, parse_args, recipe_parser,
+                        setup_logging, split_overrides)
 from mmfm.train.lm import LMTask, LMTrainConfig, TrainClock, evaluate
 
 log = logging.getLogger("recipes.gpt_pretrain")
@@ -48,11 +50,10 @@ def build(args, train: LMTrainConfig, model_overrides: dict):
         raise ValueError(f"model vocab_size {model.config.vocab_size} < tokenizer's {tok.vocab_size}")
     model.tokenizer = tok
     T = model.config.block_size
-    stream = TokenWindows(Path(train.data) / "train.bin", T, train.batch_size, seed=args.seed)
+    windows = TokenWindows(Path(train.data) / "train.bin", T, train.batch_size, seed=args.seed)
+    stream = StepStream(windows.batch)  # the batch of step i on rank r: resumable exactly
     val = val_windows(Path(train.data) / "val.bin", T, train.val_tokens)
-    loaders = (torch.utils.data.DataLoader(stream, batch_size=None),
-               torch.utils.data.DataLoader(val, batch_size=64))
-    return model, loaders
+    return model, (StepLoader(stream), torch.utils.data.DataLoader(val, batch_size=64)), stream
 
 
 def sample(model, n_tokens: int, seed: int) -> str:
@@ -70,7 +71,10 @@ def plot_curve(out: str | Path, tokens_per_step: int, target: float | None = Non
     from mmfm.train import plot_curves
 
     series: dict[str, list] = {"train/loss": [], "val/loss (sample)": []}
-    with open(Path(out) / "logs" / "metrics.csv") as f:
+    log_file = Path(out) / "logs" / "metrics.csv"
+    if not log_file.is_file():  # a run shorter than the logging interval logged nothing
+        return
+    with open(log_file) as f:
         for row in csv.DictReader(f):
             for key, name in (("train/loss", "train/loss"), ("val/loss", "val/loss (sample)")):
                 if row.get(key):
@@ -95,21 +99,24 @@ def main(argv=None) -> dict:
     timer = Timer()
     meta = ensure_data(train.data)
     L.seed_everything(args.seed, workers=True)
-    model, (train_loader, val_loader) = build(args, train, routed["model"])
+    model, (train_loader, val_loader), stream = build(args, train, routed["model"])
     log.info("model %s: %.2fM parameters; data %s (%s tokens)", args.preset, model.num_params() / 1e6, train.data,
              f"{meta['train_tokens']:,}")
     clock, history = TrainClock(), LossHistory(args.out, title=f"{args.preset} on {train.data}")
     task = LMTask(model, train, args.max_steps, clock)
-    trainer = make_trainer(args, callbacks=[clock, history], val_every=train.val_every,
+    trainer = make_trainer(args, callbacks=[clock, history, CountCompleted(stream)], val_every=train.val_every,
                            gradient_clip_val=train.grad_clip or None, num_sanity_val_steps=0)
-    trainer.fit(task, train_loader, val_loader, ckpt_path="last" if args.resume else None)
+    trainer.fit(task, train_loader, val_loader, ckpt_path=checkpoint_to_resume(args.resume))
+    if not trainer.is_global_zero:  # under DDP, rank 0 evaluates and writes the outputs
+        return {}
 
     final = val_windows(Path(train.data) / "val.bin", model.config.block_size, train.final_val_tokens or None)
     val_loss, val_tokens, val_s = evaluate(model, final)
-    tokens_seen = trainer.global_step * train.batch_size * model.config.block_size
+    tokens_seen = trainer.global_step * train.batch_size * model.config.block_size * trainer.world_size
     metrics = {
         "val_loss": round(val_loss, 4), "val_tokens": val_tokens, "final_val_s": round(val_s, 2),
         "periodic_val_s": round(clock.val_s, 2), "train_s": round(clock.train_s, 2), "steps": trainer.global_step,
+        "world_size": trainer.world_size,
         "tokens_seen": tokens_seen, "tokens_per_s": round(tokens_seen / max(clock.train_s, 1e-9), 1),
         "train_loss": history.history["train/loss"][-1][1] if history.history.get("train/loss") else None,
         "target_val_loss": train.target_val_loss, "reached_target": val_loss <= train.target_val_loss,

@@ -96,9 +96,10 @@ class TokenWindows(torch.utils.data.IterableDataset):
         if n <= block_size:
             raise ValueError(f"{self.path} holds {n} tokens, fewer than block_size + 1 = {block_size + 1}")
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, step: int, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The windows of global step `step` on distributed rank `rank` (each rank its own stream)."""
         data = read_tokens(self.path)  # a memmap: cheap to open, nothing is read into memory
-        rng = np.random.default_rng([self.seed, step])
+        rng = np.random.default_rng([self.seed, step] if rank == 0 else [self.seed, step, rank])
         starts = rng.integers(0, len(data) - self.block_size, size=self.batch_size)
         idx = starts[:, None] + np.arange(self.block_size + 1)  # (B, T + 1)
         chunk = torch.from_numpy(data[idx].astype(np.int64))  # (B, T + 1)

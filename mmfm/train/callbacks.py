@@ -40,9 +40,9 @@ class LossHistory(L.Callback):
         self.out, self.prefixes, self.title = Path(out), prefixes, title
         self.history: dict[str, list[tuple[int, float]]] = {}
 
-    def _record(self, trainer):
+    def _record(self, trainer, stage: str):
         for k, v in trainer.callback_metrics.items():
-            if k.startswith(self.prefixes) and v.numel() == 1:
+            if k.startswith(self.prefixes) and k.startswith(stage) and v.numel() == 1:
                 series = self.history.setdefault(k, [])
                 step = trainer.global_step
                 if not series or series[-1][0] != step:
@@ -50,11 +50,11 @@ class LossHistory(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
-            self._record(trainer)
+            self._record(trainer, "train")
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
-            self._record(trainer)
+            self._record(trainer, "val")
 
     def state_dict(self):
         return {"history": self.history}

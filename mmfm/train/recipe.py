@@ -50,7 +50,7 @@ def recipe_parser(description: str, preset: str, max_steps: int, out: str) -> ar
 
 
 def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value items may stand between flags
     pairs = {}
     for item in args.overrides:
         key, sep, value = item.partition("=")
