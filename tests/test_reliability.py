@@ -107,3 +107,12 @@ def test_malicious_pickles_never_execute(tmp_path, monkeypatch):
     with pytest.raises(Exception):
         SafeCheckpointIO().load_checkpoint(bad)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_bad_sample_fraction_stops_the_run():
+    from mmfm.train.clip import TooManyBadSamples, check_bad_fraction
+
+    check_bad_fraction(bad=4, good=96, limit=0.05)  # 4% is tolerated
+    check_bad_fraction(bad=50, good=10, limit=0.05, min_seen=100)  # too few seen to judge
+    with pytest.raises(TooManyBadSamples, match="6 of 100 samples"):
+        check_bad_fraction(bad=6, good=94, limit=0.05)

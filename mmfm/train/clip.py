@@ -28,6 +28,7 @@ class ClipTrain:
     train_minutes: float = 9.0  # wall-clock budget of fitting (Lightning max_time)
     schedule_by_time: bool = True  # the cosine follows max(step / max_steps, elapsed / budget): it always anneals
     eval_batch: int = 512
+    max_bad_fraction: float = 0.05  # stop when more than this fraction of samples could not be decoded
 
 
 def cosine_with_warmup(warmup: int, total: int, min_ratio: float, time_fraction=None):
@@ -67,6 +68,18 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class TooManyBadSamples(RuntimeError):
+    pass
+
+
+def check_bad_fraction(bad: int, good: int, limit: float, min_seen: int = 100) -> None:
+    """Stop a run whose data is mostly broken rather than train on what little decodes."""
+    seen = bad + good
+    if seen >= min_seen and bad / seen > limit:
+        raise TooManyBadSamples(f"{bad} of {seen} samples ({bad / seen:.1%}) could not be decoded, more than "
+                                f"max_bad_fraction={limit}; check the shards (or raise the limit)")
+
+
 class ClipTask(L.LightningModule):
     def __init__(self, model, train: ClipTrain, max_steps: int):
         super().__init__()
@@ -87,6 +100,7 @@ class ClipTask(L.LightningModule):
         if "skipped" in batch:
             worker, count = batch["skipped"]
             self.skipped[int(worker)] = int(count)
+            check_bad_fraction(sum(self.skipped.values()), self.samples_seen, self.train_cfg.max_bad_fraction)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/logit_scale", scale.detach())
         self.log("train/batch_acc", contrastive_accuracy(image.detach(), text.detach()))
