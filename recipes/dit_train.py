@@ -24,7 +24,7 @@ from mmfm.diffusion import make_sampler, make_train_scheduler, save_scheduler
 from mmfm.diffusion.text import PromptConditioner
 from mmfm.eval.gen_quality import evaluate
 from mmfm.registry import read_config
-from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
+from mmfm.train import LossHistory, Timer, checkpoint_to_resume, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 from mmfm.train.classify import load_labelled
 from mmfm.train.diffusion import DiffusionTask, SampleGrid, label_condition
 from mmfm.train.ema import EMA
@@ -95,7 +95,7 @@ def main(argv=None):
     timer = Timer()
     budget = {"max_time": timedelta(minutes=train.max_minutes)} if train.max_minutes > 0 else {}
     trainer = make_trainer(args, callbacks=[ema, grid, hist], limit_val_batches=0, **budget)
-    trainer.fit(task, loader, ckpt_path=args.resume and str(Path(args.resume) / "checkpoints" / "last.ckpt"))
+    trainer.fit(task, loader, ckpt_path=checkpoint_to_resume(args.resume))
     train_s = timer.elapsed
     metrics = {"train/loss": float(trainer.callback_metrics["train/loss"]), "steps": trainer.global_step,
                "train_s": round(train_s, 2), "guidance_scale": train.guidance_scale, "sampler": train.sampler,

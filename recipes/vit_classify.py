@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import mmfm
 from mmfm.registry import read_config
-from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
+from mmfm.train import LossHistory, Timer, checkpoint_to_resume, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 from mmfm.train.classify import ClassifyTask, accuracy_per_dataset, load_labelled
 
 log = logging.getLogger("vit_classify")
@@ -65,7 +65,7 @@ def main(argv=None):
     hist = LossHistory(args.out, prefixes=("train/loss",), title="ViT classifier")
     timer = Timer()
     trainer = make_trainer(args, callbacks=[hist], limit_val_batches=0)
-    trainer.fit(task, loader, ckpt_path=args.resume and str(args.resume + "/checkpoints/last.ckpt"))
+    trainer.fit(task, loader, ckpt_path=checkpoint_to_resume(args.resume))
     metrics = {**accuracy_per_dataset(model, test), "train/loss": float(trainer.callback_metrics["train/loss"]),
                "class_names": ",".join(data.class_names), "steps": trainer.global_step}
     return finish(args, model, metrics, timer)
