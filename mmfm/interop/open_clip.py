@@ -27,18 +27,26 @@ _TOP = {  # everything outside the blocks
 }
 
 
-def _rename(key: str) -> str:
-    for prefix, new in (("visual.transformer.resblocks.", "visual.transformer.blocks."),
-                        ("transformer.resblocks.", "text.transformer.blocks.")):
+_PREFIXES = (("visual.transformer.resblocks.", "visual.transformer.blocks."),
+             ("transformer.resblocks.", "text.transformer.blocks."))
+
+
+def _map_key(key: str, prefixes, block: dict, top: dict, side: str) -> str:
+    """Rename one state-dict key: block keys under `prefixes` through `block`, the rest through `top`."""
+    for prefix, new in prefixes:
         if key.startswith(prefix):
             idx, rest = key[len(prefix):].split(".", 1)
-            for old, mm in _BLOCK.items():
+            for old, mm in block.items():
                 if rest == old or rest.startswith(old + "."):
                     return f"{new}{idx}.{mm}{rest[len(old):]}"
-    for old, new in _TOP.items():
+    for old, new in top.items():
         if key == old or key.startswith(old + "."):
             return new + key[len(old):]
-    raise KeyError(f"open_clip key {key!r} has no mmfm counterpart")
+    raise KeyError(f"{side} key {key!r} has no counterpart")
+
+
+def _rename(key: str) -> str:
+    return _map_key(key, _PREFIXES, _BLOCK, _TOP, "open_clip")
 
 
 def _check_supported(model) -> None:
@@ -119,17 +127,7 @@ def _open_clip_state(clip: CLIP) -> dict:
 
 
 def _inverse_key(k: str, inverse_top: dict, inverse_block: dict) -> str:
-    for prefix, oc in (("visual.transformer.blocks.", "visual.transformer.resblocks."),
-                       ("text.transformer.blocks.", "transformer.resblocks.")):
-        if k.startswith(prefix):
-            idx, rest = k[len(prefix):].split(".", 1)
-            for mm, old in inverse_block.items():
-                if rest == mm or rest.startswith(mm + "."):
-                    return f"{oc}{idx}.{old}{rest[len(mm):]}"
-    for mm, old in inverse_top.items():
-        if k == mm or k.startswith(mm + "."):
-            return old + k[len(mm):]
-    raise KeyError(f"mmfm key {k!r} has no open_clip counterpart")
+    return _map_key(k, [(new, old) for old, new in _PREFIXES], inverse_block, inverse_top, "mmfm")
 
 
 def to_open_clip(clip: CLIP):
