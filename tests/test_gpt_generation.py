@@ -106,3 +106,46 @@ def test_left_pad_shapes():
     assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.sum(1).tolist() == [3, 1]
     with pytest.raises(ValueError):
         left_pad([[1], []])
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(pos="learned", norm="layernorm", mlp="gelu_tanh"),
+    dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False),
+])
+def test_stack_decoder_step_equals_module_forward(overrides):
+    """The functional one-token path gives the module forward's logits, unpadded and left-padded."""
+    model = mmfm.build_model("gpt-test", **overrides).eval()
+    ids, mask = left_pad(PROMPTS)  # (3, 7) each
+    B, T0 = ids.shape
+    with torch.no_grad():
+        fast_caches = model.transformer.new_caches(B, T0 + 4)
+        ref_caches = model.transformer.new_caches(B, T0 + 4)
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T0)
+        for caches in (fast_caches, ref_caches):
+            model(ids, key_padding_mask=mask, positions=positions, caches=caches)
+        step = model.decoder(fast_caches)
+        full_mask = torch.cat([mask, torch.ones(B, 4, dtype=torch.bool)], 1)  # (B, T0 + 4)
+        nxt = torch.tensor([5, 6, 7])
+        for slot in range(T0, T0 + 4):
+            pos = positions[:, -1] + 1 + slot - T0  # (B,)
+            fast = step(nxt, slot, pos, full_mask)
+            ref = model(nxt[:, None], key_padding_mask=full_mask[:, :slot + 1], positions=pos[:, None],
+                        caches=ref_caches)[:, -1]
+            assert torch.allclose(fast, ref, atol=1e-5)
+            nxt = fast.argmax(-1)
+        unpadded = model.transformer.new_caches(1, 8)
+        model(ids[:1], caches=unpadded)
+        ref = model(torch.cat([ids[:1], nxt[:1, None]], 1))[:, -1]  # (1, V), no cache
+        assert torch.allclose(model.decoder(unpadded)(nxt[:1], T0), ref, atol=1e-5)
+
+
+def test_stack_decoder_only_covers_plain_causal_stacks():
+    from mmfm.nn import StackDecoder
+
+    gpt = mmfm.build_model("gpt-test")
+    assert not StackDecoder.supports(gpt.transformer)  # training mode: dropout and friends
+    assert StackDecoder.supports(gpt.eval().transformer)
+    assert not StackDecoder.supports(mmfm.build_model("dit-test").eval().transformer)  # adaLN
+    assert not StackDecoder.supports(mmfm.build_model("vit-test").eval().transformer)  # bidirectional
+    with pytest.raises(ValueError, match="plain causal"):
+        StackDecoder(gpt.train().transformer, gpt.transformer.new_caches(1, 4))

@@ -122,12 +122,25 @@ def _step_logits(model, seq, mask, caches, n_new: int, padded: bool):
     return model(seq[:, -n_new:], key_padding_mask=mask, positions=positions, caches=caches)[:, -1]
 
 
+def _fast_step(model, seq, mask, T0: int, caches, padded: bool):
+    """The model's one-token decoder over `caches` as slot -> logits (B, V); None: use the module forward."""
+    make = getattr(model, "decoder", None)
+    dec = make(caches) if caches is not None and make is not None else None
+    if dec is None or not padded:
+        return dec and (lambda slot: dec(seq[:, slot], slot))
+    offset = T0 - mask[:, :T0].sum(1)  # (B,) left padding: a row's position = slot - offset
+    return lambda slot: dec(seq[:, slot], slot, slot - offset, mask)
+
+
 def _decode(model, seq, mask, T0: int, N: int, caches, padded: bool, stopper, logps, pad_id: int, pick) -> int:
     """Fill seq[:, T0:T0 + N] token by token; returns the number of steps taken."""
-    n = 0
+    n, step = 0, _fast_step(model, seq, mask, T0, caches, padded)
     for n in range(1, N + 1):
         cur = T0 + n - 1  # tokens so far
-        logits = _step_logits(model, seq[:, :cur], mask[:, :cur], caches, T0 if n == 1 else 1, padded).float()
+        if step is not None and n > 1:  # feed the last token, cache slot cur - 1
+            logits = step(cur - 1).float()
+        else:
+            logits = _step_logits(model, seq[:, :cur], mask[:, :cur], caches, T0 if n == 1 else 1, padded).float()
         nxt = pick(logits)  # (B,)
         if stopper is not None:
             nxt = nxt.masked_fill(stopper.done, pad_id)

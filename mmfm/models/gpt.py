@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig, check, opt
-from ..nn import LearnedPosEmbed, StackConfig, Transformer
+from ..nn import LearnedPosEmbed, StackConfig, StackDecoder, Transformer
 from ..registry import register_family, register_preset
 from .base import Model, init_linear_normal
 from .generation import generate
@@ -86,6 +86,21 @@ class GPT(Model):
             x = self.drop(x)
         x = self.transformer(x, key_padding_mask=key_padding_mask, positions=positions, caches=caches)
         return self.lm_head(x)
+
+    def decoder(self, caches):
+        """A one-token step over prefilled `caches`, or None where the stack has a part it does not cover:
+        step(tokens (B,), pos, positions=None (B,), key_mask=None (B, Tk)) -> logits (B, V)."""
+        if not StackDecoder.supports(self.transformer):
+            return None
+        stack, wte, head = StackDecoder(self.transformer, caches), self.wte.weight, self.lm_head.weight
+        wpe = self.wpe.weight if self.wpe is not None else None
+
+        def step(tokens, pos, positions=None, key_mask=None):
+            x = F.embedding(tokens, wte)  # (B, C)
+            if wpe is not None:
+                x = x + (wpe[pos] if positions is None else F.embedding(positions, wpe))
+            return F.linear(stack.step(x, pos, positions, key_mask), head)
+        return step
 
     def generate(self, prompts, max_new_tokens: int, **kwargs):
         """Sample with a KV cache; see `mmfm.models.generation.generate` for every argument.

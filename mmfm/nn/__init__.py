@@ -1,5 +1,6 @@
 """The shared Transformer stack: every mmfm model is this plus an embedding, a mask, a conditioning and a head."""
 from .attention import Attention, KVCache, build_attn_mask
+from .decode import StackDecoder
 from .embed import LabelEmbedder, PatchEmbed, TimestepEmbedder, patchify, unpatchify
 from .mlp import Mlp, SwiGLU, build_mlp
 from .modulation import AdaLN, modulate
@@ -11,5 +12,5 @@ __all__ = [
     "Attention", "KVCache", "build_attn_mask", "LabelEmbedder", "PatchEmbed", "TimestepEmbedder",
     "patchify", "unpatchify", "Mlp", "SwiGLU", "build_mlp", "AdaLN", "modulate", "RMSNorm", "build_norm",
     "LearnedPosEmbed", "RotaryEmbedding", "apply_rotary", "resample_pos_2d", "sincos_2d",
-    "Block", "StackConfig", "Transformer",
+    "Block", "StackConfig", "Transformer", "StackDecoder",
 ]

@@ -13,16 +13,18 @@ from .pos import apply_rotary
 
 @dataclass
 class KVCache:
-    """Preallocated keys and values for one layer: (B, H, max_len, Dh); `length` are filled."""
+    """Preallocated keys and values for one layer: (B, H, max_len, Dh); `length` are filled.
+    `empty` keeps both in one buffer `kv` (B, 2, H, max_len, Dh), so that a decode step writes them at once."""
 
     k: torch.Tensor
     v: torch.Tensor
     length: int = 0
+    kv: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, batch: int, n_heads: int, max_len: int, head_dim: int, device=None, dtype=None):
-        shape = (batch, n_heads, max_len, head_dim)
-        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+        kv = torch.zeros((batch, 2, n_heads, max_len, head_dim), device=device, dtype=dtype)
+        return cls(kv[:, 0], kv[:, 1], kv=kv)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = k.shape[2]
