@@ -1,6 +1,9 @@
 """mmfm's DiT vs diffusers' DiTTransformer2DModel at equal dims, CPU fp32, one run:
 training-step images/s (forward, epsilon MSE, backward, AdamW) and 50-step DDIM sampling time with
-classifier-free guidance. Run alone (it reports timings):
+classifier-free guidance. The peers alternate over `--rounds` timed rounds and each keeps its best.
+`train_speedup` gives both models torch's default (foreach) AdamW; `train_speedup_recipe_optimizer`
+gives mmfm the fused AdamW its diffusion recipe uses (diffusers' training examples use the default).
+Run alone (it reports timings):
 
     flock -x /tmp/mmfm-cpu.lock python benchmarks/dit.py     # dit-mini-4 (28 px) and DiT-S/2 dims on 16x16x4 latents
     python benchmarks/dit.py --configs dit-test --train-iters 2 --sample-steps 2   # smoke
@@ -10,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 import torch.nn.functional as F
 
 import mmfm
 from mmfm.diffusion import make_sampler, make_train_scheduler, sample
+from timing import best_rate  # benchmarks/timing.py
 
 
 def diffusers_twin(cfg):
@@ -40,34 +43,31 @@ class DiffusersCallable(torch.nn.Module):
         return self.model(x, timestep=t, class_labels=y, return_dict=False)[0]
 
 
-def train_images_per_s(model, cfg, batch: int, iters: int) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+def train_step(model, cfg, batch: int, fused: bool):
+    """One training step (forward, epsilon MSE, backward, AdamW) on a fixed synthetic batch, as a callable."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)
     t, y = torch.randint(0, 1000, (batch,), generator=g), torch.randint(0, cfg.num_classes, (batch,), generator=g)
-    times = []
-    for i in range(iters + 2):  # two warm-up steps
-        t0 = time.perf_counter()
+
+    def step():
         out = model(x, t, y=y)[:, :cfg.in_channels]
         F.mse_loss(out, x).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return batch / (sum(times) / len(times))
+    return step
 
 
-@torch.no_grad()
-def ddim_seconds(model, cfg, batch: int, steps: int, guidance: float = 4.0) -> float:
-    model.eval()
+def ddim_run(model, cfg, batch: int, steps: int, guidance: float = 4.0):
+    """One `steps`-step DDIM sampling run with classifier-free guidance (batch x 2 rows), as a callable."""
     sch = make_sampler("ddim", make_train_scheduler().config)
     y = torch.arange(batch) % cfg.num_classes
     shape = (batch, cfg.in_channels, cfg.input_size, cfg.input_size)
-    sample(model, sch, shape, {"y": y}, guidance, 2, generator=torch.Generator().manual_seed(0))  # warm-up
-    t0 = time.perf_counter()
-    sample(model, sch, shape, {"y": y}, guidance, steps, generator=torch.Generator().manual_seed(0))
-    model.train()
-    return time.perf_counter() - t0
+
+    @torch.no_grad()
+    def run(n=steps):
+        sample(model, sch, shape, {"y": y}, guidance, n, generator=torch.Generator().manual_seed(0))
+    return run
 
 
 def parse_config(text: str) -> tuple[str, dict]:
@@ -77,18 +77,32 @@ def parse_config(text: str) -> tuple[str, dict]:
     return preset, {k: parse_value(v) for k, v in (kv.split("=") for kv in rest.split("+") if kv)}
 
 
-def compare(config: str, train_batch: int, sample_batch: int, iters: int, steps: int) -> dict:
+def compare(config: str, train_batch: int, sample_batch: int, iters: int, steps: int, rounds: int) -> dict:
     torch.manual_seed(0)
     preset, overrides = parse_config(config)
     ours = mmfm.build_model(preset, **overrides)
     cfg = ours.config
     theirs = DiffusersCallable(diffusers_twin(cfg), cfg.num_classes)
     row = {"config": config, "params_mmfm": ours.num_params(), "params_diffusers": sum(p.numel() for p in theirs.parameters())}
-    for name, m in (("mmfm", ours), ("diffusers", theirs)):
-        row[f"train_img_s_{name}"] = round(train_images_per_s(m, cfg, train_batch, iters), 2)
-        row[f"ddim{steps}_s_{name}"] = round(ddim_seconds(m, cfg, sample_batch, steps), 3)
-    row["train_speedup"] = round(row["train_img_s_mmfm"] / row["train_img_s_diffusers"], 3)
-    row["sample_speedup"] = round(row[f"ddim{steps}_s_diffusers"] / row[f"ddim{steps}_s_mmfm"], 3)
+    # the models under the same (foreach) AdamW; and mmfm's step as its recipe runs it (fused AdamW)
+    steps_by = {"mmfm": train_step(ours, cfg, train_batch, False), "mmfm_fused": train_step(ours, cfg, train_batch, True),
+                "diffusers": train_step(theirs, cfg, train_batch, False)}
+    for step in steps_by.values():  # two warm-up steps each
+        step(), step()
+    train = best_rate({k: (lambda s=s: [s() for _ in range(iters)]) for k, s in steps_by.items()},
+                      train_batch * iters, rounds)
+    ours.eval(), theirs.eval()
+    runs = {"mmfm": ddim_run(ours, cfg, sample_batch, steps), "diffusers": ddim_run(theirs, cfg, sample_batch, steps)}
+    for run in runs.values():
+        run(2)  # warm-up
+    per_s = best_rate(runs, 1.0, rounds)  # runs per second
+    for k, v in train.items():
+        row[f"train_img_s_{k}"] = round(v, 2)
+    for k, v in per_s.items():
+        row[f"ddim{steps}_s_{k}"] = round(1 / v, 3)
+    row["train_speedup"] = round(train["mmfm"] / train["diffusers"], 3)
+    row["train_speedup_recipe_optimizer"] = round(train["mmfm_fused"] / train["diffusers"], 3)
+    row["sample_speedup"] = round(per_s["mmfm"] / per_s["diffusers"], 3)
     return row
 
 
@@ -99,9 +113,11 @@ def main(argv=None):
     p.add_argument("--sample-batch", type=int, default=4, help="images per DDIM run (x2 rows with guidance)")
     p.add_argument("--train-iters", type=int, default=5)
     p.add_argument("--sample-steps", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=5, help="alternating timed rounds; each peer keeps its best")
     p.add_argument("--json", default=None, help="also write the rows here")
     a = p.parse_args(argv)
-    rows = [compare(c, a.train_batch, a.sample_batch, a.train_iters, a.sample_steps) for c in a.configs.split(",")]
+    rows = [compare(c, a.train_batch, a.sample_batch, a.train_iters, a.sample_steps, a.rounds)
+            for c in a.configs.split(",")]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU fp32")
     for r in rows:
         print(json.dumps(r))

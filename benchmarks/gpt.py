@@ -13,24 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 import torch.nn.functional as F
 
 import mmfm
 from mmfm.interop import to_hf_gpt2
-
-
-def best_rate(runners: dict, work: int, rounds: int) -> dict:
-    """Alternate the peers round by round (so a noisy stretch hits both) and keep each one's best rate."""
-    best = {name: 0.0 for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            best[name] = max(best[name], work / (time.perf_counter() - start))
-    return best
+from timing import best_rate  # benchmarks/timing.py
 
 
 def make_step(forward, params, fused: bool):

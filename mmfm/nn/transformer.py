@@ -77,11 +77,11 @@ class Block(nn.Module):
             return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)  # each (B, C)
         h = modulate(self.norm1(x), shift1, scale1)
-        x = x + gate1.unsqueeze(1) * self.drop_path(self.attn(h, key_padding_mask, rope, cache))
+        x = torch.addcmul(x, gate1.unsqueeze(1), self.drop_path(self.attn(h, key_padding_mask, rope, cache)))
         if self.cross is not None:
             x = x + self.cross(self.norm_x(x), context_mask, context=context)
         h = modulate(self.norm2(x), shift2, scale2)
-        return x + gate2.unsqueeze(1) * self.drop_path(self.mlp(h))
+        return torch.addcmul(x, gate2.unsqueeze(1), self.drop_path(self.mlp(h)))  # x + gate * mlp(h), fused
 
 
 class Transformer(nn.Module):

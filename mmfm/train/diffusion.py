@@ -40,7 +40,8 @@ class DiffusionTask(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": self.weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=self.lr, betas=(0.9, 0.99))
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)  # one kernel per step, as the LM's
+        opt = torch.optim.AdamW(groups, lr=self.lr, betas=(0.9, 0.99), fused=fused)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(self.warmup_steps, self.total_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
