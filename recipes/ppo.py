@@ -4,8 +4,10 @@ per-token KL penalty, reward from the reward model, GAE, clipped objective, KV-c
     python recipes/ppo.py --init runs/align/sft/model --reward runs/align/rm/model --out runs/align/ppo
     python recipes/ppo.py ... rule_weight=1.0     # reward = RM + 1.0 * [answer correct]
 
-Every step logs the mean (standardised) reward and the KL to the reference (sum over response tokens
-of log pi - log ref, averaged over the rollouts). Writes <out>/model (the policy GPT), <out>/history.json,
+Rollouts sample at `temperature` (0.7), and the ratios, the KL penalty and the per-step KL use that same
+tempered distribution softmax(logits / T) for policy and reference. Every step logs the mean
+(standardised) reward and the KL to the reference (sum over response tokens of log pi_T - log ref_T,
+averaged over the rollouts); the final `kl_to_sft` is measured at T=1 on held-out prompts. Writes <out>/model (the policy GPT), <out>/history.json,
 <out>/ppo.png and <out>/metrics.json (held-out accuracy greedy and at temperature 1, KL to the SFT model).
 """
 from __future__ import annotations
@@ -37,7 +39,7 @@ class PPORun:
 
 def main(argv=None):
     setup_logging()
-    parser = recipe_parser(__doc__.splitlines()[0], "", 100, "runs/align/ppo")
+    parser = recipe_parser(__doc__.splitlines()[0], "", 120, "runs/align/ppo")
     parser.add_argument("--init", default="runs/align/sft/model", help="SFT model folder (policy and reference)")
     parser.add_argument("--reward", default="runs/align/rm/model", help="reward model folder")
     args = parse_args(parser, argv)

@@ -6,8 +6,9 @@ preference pairs; reports held-out pairwise accuracy.
         --max-steps 5 n_prompts=32 n_heldout_prompts=16 --out runs/align_smoke/rm                    # smoke
 
 The pairs (made once, reused by DPO) come from sampling the SFT model `samples` times per prompt at
-temperature 1 and ranking the samples with the rule labeller (mmfm.align.task.prefer): correct beats
-wrong, an answer beats a question, concise beats rambling. Held-out pairs come from held-out prompts.
+temperature 1 and ranking the distinct samples with the rule labeller (mmfm.align.task.prefer): correct
+beats wrong, an answer beats a question, concise beats rambling; at most `pairs_per_prompt` strict pairs
+are kept per prompt (mmfm.align.data.PairConfig). Held-out pairs come from held-out prompts.
 The reward model's backbone starts from the SFT weights. Writes <out>/model (GPT folder +
 head.safetensors) and <out>/metrics.json.
 """
@@ -21,10 +22,9 @@ import torch
 from torch.utils.data import DataLoader
 
 import mmfm
-from mmfm.align.data import Pairs, pair_collate, preference_pairs, problem_of
+from mmfm.align.data import PairConfig, Pairs, pair_collate, preference_pairs, problem_of
 from mmfm.align.heads import RewardModel
 from mmfm.align.rollout import reward_scores
-from mmfm.align.splits import heldout_problems, train_problems
 from mmfm.align.task import pair_kind
 from mmfm.align.tasks import RewardTask
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
@@ -33,12 +33,9 @@ log = logging.getLogger("reward_model")
 
 
 @dataclass
-class RMConfig:
-    n_prompts: int = 2048  # training prompts sampled for preferences
-    n_heldout_prompts: int = 256
-    samples: int = 4  # responses per prompt
+class RMConfig(PairConfig):
     batch_size: int = 32
-    lr: float = 1e-4
+    lr: float = 2e-4
     weight_decay: float = 0.0
     warmup: int = 20
     val_every: int = 50
@@ -60,7 +57,7 @@ def pairwise_accuracy(rm, tok, pairs: list[dict]) -> dict[str, float]:
 
 def main(argv=None):
     setup_logging()
-    parser = recipe_parser(__doc__.splitlines()[0], "", 400, "runs/align/rm")
+    parser = recipe_parser(__doc__.splitlines()[0], "", 600, "runs/align/rm")
     parser.add_argument("--sft", default="runs/align/sft/model", help="SFT model folder (samples + RM init)")
     parser.add_argument("--pairs", default="runs/align/pairs.json", help="preference pairs (made if missing)")
     args = parse_args(parser, argv)
@@ -69,8 +66,7 @@ def main(argv=None):
     timer = Timer()
     sft = mmfm.build_model(args.sft)
     tok = sft.tokenizer
-    pairs = preference_pairs(args.pairs, sft, tok, train_problems("preference", cfg.n_prompts),
-                             heldout_problems("rm_eval", cfg.n_heldout_prompts), cfg.samples, args.seed)
+    pairs = preference_pairs(args.pairs, sft, tok, cfg, args.seed)
     rm = RewardModel(sft)
     collate = pair_collate(tok.pad_id)
     train = DataLoader(Pairs(tok, pairs["train"]), batch_size=cfg.batch_size, shuffle=True, drop_last=True,

@@ -114,6 +114,30 @@ def test_reward_model_and_dpo_steps(tiny_runs):
         assert out["kl_to_sft"] == out["kl_to_sft"] and out["pairs"] == 16
 
 
+def test_dpo_nll_term_adds_chosen_token_nll():
+    """RPO: loss = DPO loss + alpha * per-token NLL of the chosen response; at policy == reference DPO is log 2."""
+    import math
+
+    from mmfm.align.data import Pairs, pair_collate
+    from mmfm.align.rollout import response_logprobs
+    from mmfm.align.tasks import DPOTask
+    from mmfm.losses.preference import masked_mean, token_logprobs
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    policy, pairs = tiny_gpt(tok).eval(), synthetic_pairs(4)
+    prompts = [q["prompt"] for q in pairs]
+    ref = torch.stack([response_logprobs(policy, tok, prompts, [q[k] for q in pairs]) for k in ("chosen", "rejected")], 1)
+    batch = pair_collate(tok.pad_id)([Pairs(tok, pairs)[i] for i in range(4)])
+    c = batch["chosen"]
+    with torch.no_grad():
+        nll = -masked_mean(token_logprobs(policy(c["ids"]), c["ids"]), c["loss_mask"][:, 1:])
+        plain = DPOTask(policy, ref).training_step(batch, 0)
+        rpo = DPOTask(policy, ref, nll_alpha=0.5).training_step(batch, 0)
+    assert plain.item() == pytest.approx(math.log(2), abs=1e-5)
+    assert rpo.item() == pytest.approx(math.log(2) + 0.5 * nll.item(), abs=1e-5)
+
+
 def test_ppo_step_moves_policy_and_reports_kl():
     tok = build_tokenizer()
     torch.manual_seed(0)
@@ -121,7 +145,7 @@ def test_ppo_step_moves_policy_and_reports_kl():
     policy, reference = PolicyWithValue(sft), tiny_gpt(tok)
     reference.load_state_dict(sft.state_dict())
     before = [p.detach().clone() for p in policy.gpt.parameters()]
-    ppo = PPO(policy, reference, RewardModel(tiny_gpt(tok)), tok, PPOConfig(max_new=8, minibatch=4, lr=1e-3))
+    ppo = PPO(policy, reference, RewardModel(tiny_gpt(tok)), tok, PPOConfig(max_new=8, minibatch=4, lr=1e-3, temperature=0.7))
     stats = ppo.step(heldout_problems("eval", 8))
     assert {"reward", "kl", "accuracy", "pg_loss", "vf_loss", "clipfrac"} <= set(stats)
     assert abs(stats["kl"]) < 1e-4  # the first rollout is sampled from a policy equal to the reference

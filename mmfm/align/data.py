@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from torch.utils.data import Dataset
 
 from .chat import collate_chat, encode_chat
 from .rollout import eval_prompts, generate_texts
+from .splits import heldout_problems, train_problems
 from .task import Problem, judge, prefer, solve
 
 log = logging.getLogger(__name__)
@@ -75,15 +77,28 @@ def make_pairs(gpt, tok, problems: list[Problem], k: int = 4, temperature: float
     return pairs
 
 
-def preference_pairs(path, sft_gpt, tok, train: list[Problem], heldout: list[Problem], k: int, seed: int) -> dict:
-    """{"train": pairs, "heldout": pairs} from `path`, made (by sampling `sft_gpt`) and saved there first
-    if it does not exist, so the reward model and DPO learn from the very same pairs."""
+@dataclass
+class PairConfig:
+    """How the preference pairs are made (shared by the reward-model and DPO recipes: whichever runs
+    first writes the pairs file, the other reuses it)."""
+    n_prompts: int = 2048  # training prompts sampled for preferences
+    n_heldout_prompts: int = 512
+    samples: int = 8  # responses per prompt (T=1)
+    pairs_per_prompt: int = 4  # at most this many strict pairs kept per prompt
+
+
+def preference_pairs(path, sft_gpt, tok, cfg: PairConfig, seed: int) -> dict:
+    """{"train": pairs, "heldout": pairs} from `path`, made (by sampling `sft_gpt` on training and on
+    held-out prompts) and saved there first if it does not exist, so the reward model and DPO learn from
+    the very same pairs."""
     path = Path(path)
     if path.is_file():
         log.info("reusing preference pairs from %s", path)
         return json.loads(path.read_text())
-    pairs = {"train": make_pairs(sft_gpt, tok, train, k, seed=seed),
-             "heldout": make_pairs(sft_gpt, tok, heldout, k, seed=seed + 1)}
+    train, heldout = train_problems("preference", cfg.n_prompts), heldout_problems("rm_eval", cfg.n_heldout_prompts)
+    k, per = cfg.samples, cfg.pairs_per_prompt
+    pairs = {"train": make_pairs(sft_gpt, tok, train, k, seed=seed, per_prompt=per),
+             "heldout": make_pairs(sft_gpt, tok, heldout, k, seed=seed + 1, per_prompt=per)}
     if not pairs["train"] or not pairs["heldout"]:
         raise RuntimeError("no preference pairs: the labeller found every sampled response equally good or bad "
                            "(is the SFT model trained?); use more prompts or samples")

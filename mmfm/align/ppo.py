@@ -24,14 +24,14 @@ class PPOConfig:
     prompts_per_step: int = 64
     epochs: int = 2  # passes over each rollout batch
     minibatch: int = 32
-    lr: float = 5e-5
+    lr: float = 1e-4
     clip: float = 0.2
     vf_clip: float = 0.2
     vf_coef: float = 0.1
-    kl_coef: float = 0.05  # beta of the per-token KL penalty
+    kl_coef: float = 0.1  # beta of the per-token KL penalty
     gamma: float = 1.0
-    lam: float = 0.95
-    temperature: float = 1.0
+    lam: float = 1.0  # 1: the whole return reaches the first tokens (where this task's decisive mistakes are)
+    temperature: float = 0.7  # rollouts sample pi_T = softmax(logits / T); PPO, the KL and the ratios use pi_T too
     max_new: int = 64
     rule_weight: float = 0.0  # optional: add rule_weight * [answer is correct] to the RM reward
     grad_clip: float = 1.0
@@ -63,7 +63,7 @@ class PPO:
         act = resp[:, 1:].bool()  # (B, T-1) actions = response tokens
         self.policy.eval()
         logits, values = self.policy(ids)
-        logp, ref_logp = token_logprobs(logits, ids), token_logprobs(self.ref(ids), ids)
+        logp, ref_logp = self._logprobs(logits, ids), self._logprobs(self.ref(ids), ids)
         score = self._score(ids, mask, problems, responses)
         rewards = -cfg.kl_coef * (logp - ref_logp) * act  # (B, T-1)
         last = act.long().cumsum(1).argmax(1)  # index of each row's final action
@@ -76,6 +76,10 @@ class PPO:
                  "response_len": act.sum(1).float().mean()}
         return {"ids": ids, "act": act, "logp": logp, "values": values, "adv": whiten(adv, act),
                 "returns": returns, "stats": stats}
+
+    def _logprobs(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Token log-probs (B, T-1) of the sampling distribution, softmax(logits / temperature)."""
+        return token_logprobs(logits / self.cfg.temperature, ids)
 
     def _score(self, ids, mask, problems, responses) -> torch.Tensor:
         """Reward-model score, standardised with the first batch's mean/std (+ the optional rule)."""
@@ -98,7 +102,7 @@ class PPO:
                 ids, act = batch["ids"][idx], batch["act"][idx]
                 width = int(act.nonzero()[:, 1].max()) + 2  # drop all-padding columns at the end
                 logits, values = self.policy(ids[:, :width])
-                logp = token_logprobs(logits, ids[:, :width])
+                logp = self._logprobs(logits, ids[:, :width])
                 act = act[:, : width - 1]
                 pg, st = ppo_policy_loss(logp, batch["logp"][idx, : width - 1], batch["adv"][idx, : width - 1], act, cfg.clip)
                 vf = ppo_value_loss(values[:, :-1], batch["values"][idx, : width - 1],

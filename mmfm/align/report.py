@@ -1,4 +1,5 @@
-"""Plots of the alignment pipeline: PPO reward / KL per step, and held-out accuracy per stage.
+"""Plots of the alignment pipeline: PPO reward / KL per step, reward-model pairwise accuracy, and
+held-out task accuracy per stage.
 
     python -m mmfm.align.report runs/align docs/img     # after recipes/align_all.sh
 """
@@ -48,7 +49,32 @@ def plot_stages(stages: dict[str, dict], path) -> Path:
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
-    ax.set_title("checkable task: 2-3 digit + / - with worked steps", fontsize=9)
+    ax.set_title("checkable task: 2-digit + / - with worked steps (held-out prompts)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_rm(history: dict, metrics: dict, path, target: float = 0.85) -> Path:
+    """Pairwise accuracy of the reward model against the training step (train batches and held-out
+    pairs), and the final held-out accuracy by the labeller's reason."""
+    plt = _plt()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=120, gridspec_kw={"width_ratios": [3, 2]})
+    for key, label in (("train/acc", "train batches"), ("val/acc", "held-out pairs")):
+        if history.get(key):
+            steps, vals = zip(*history[key])
+            ax.plot(steps, [100 * v for v in vals], marker="o" if key == "val/acc" else None, ms=3, label=label)
+    ax.axhline(100 * target, color="gray", ls="--", lw=1, label=f"target {100 * target:.0f}%")
+    ax.set(xlabel="RM step", ylabel="pairwise accuracy (%)", ylim=(40, 100))
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    kinds = sorted(k[len("heldout/acc_"):] for k in metrics if k.startswith("heldout/acc_"))
+    bars = bx.bar(["all", *kinds], [100 * metrics["heldout/acc"], *(100 * metrics[f"heldout/acc_{k}"] for k in kinds)])
+    bx.bar_label(bars, labels=[f"n={int(metrics[f'heldout/n{s}'])}" for s in ["", *(f"_{k}" for k in kinds)]], fontsize=7)
+    bx.set(ylim=(0, 105), title="held-out accuracy by reason")
+    bx.tick_params(axis="x", labelsize=7, labelrotation=20)
+    bx.title.set_fontsize(9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -63,6 +89,9 @@ def main(run_dir: str, img_dir: str) -> dict:
     plot_stages(stages, img / "align_accuracy.png")
     if (run / "ppo" / "history.json").is_file():
         plot_ppo(json.loads((run / "ppo" / "history.json").read_text()), img / "align_ppo.png")
+    if (run / "rm" / "history.json").is_file():
+        rm = json.loads((run / "rm" / "metrics.json").read_text())
+        plot_rm(json.loads((run / "rm" / "history.json").read_text()), rm, img / "align_rm.png")
     return stages
 
 

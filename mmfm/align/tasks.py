@@ -68,21 +68,29 @@ class RewardTask(OptimMixin, L.LightningModule):
 
 
 class DPOTask(OptimMixin, L.LightningModule):
-    """DPO or IPO on pairs; `ref_logps` (N, 2) holds log ref(chosen), log ref(rejected) per pair index."""
+    """DPO or IPO on pairs; `ref_logps` (N, 2) holds log ref(chosen), log ref(rejected) per pair index.
+    `nll_alpha` > 0 adds alpha * the per-token NLL of the chosen response (RPO, Pang et al. 2024;
+    TRL's `rpo_alpha`), which keeps the likelihood of preferred answers from falling with the rejected ones."""
 
     def __init__(self, policy, ref_logps: torch.Tensor, beta=0.1, loss="dpo", lr=1e-4, weight_decay=0.0,
-                 warmup=10, max_steps=200):
+                 warmup=10, max_steps=200, nll_alpha=0.0):
         super().__init__()
         self.policy, self.beta, self.loss_fn = policy, beta, {"dpo": dpo_loss, "ipo": ipo_loss}[loss]
+        self.nll_alpha = nll_alpha
         self.register_buffer("ref_logps", ref_logps, persistent=False)
         self.hparams_ = dict(lr=lr, weight_decay=weight_decay, warmup=warmup, max_steps=max_steps)
 
     def training_step(self, batch, _):
         c, r = batch["chosen"], batch["rejected"]
-        pi_c = sequence_logprobs(self.policy(c["ids"]), c["ids"], c["loss_mask"])
+        tok_c = token_logprobs(self.policy(c["ids"]), c["ids"])  # (B, T-1)
+        pi_c = (tok_c * c["loss_mask"][:, 1:]).sum(-1)
         pi_r = sequence_logprobs(self.policy(r["ids"]), r["ids"], r["loss_mask"])
         ref = self.ref_logps[batch["index"]]  # (B, 2)
         loss, acc = self.loss_fn(pi_c, pi_r, ref[:, 0], ref[:, 1], self.beta)
+        if self.nll_alpha:
+            nll = -masked_mean(tok_c, c["loss_mask"][:, 1:])
+            self.log("train/nll_chosen", nll)
+            loss = loss + self.nll_alpha * nll
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/reward_acc", acc, prog_bar=True)
         self.log("train/margin", ((pi_c - ref[:, 0]) - (pi_r - ref[:, 1])).mean())
