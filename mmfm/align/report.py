@@ -25,7 +25,8 @@ def plot_ppo(history: list[dict], path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), dpi=120)
     steps = [h["step"] for h in history]
     for ax, key, title in zip(axes, ("reward", "kl", "accuracy"),
-                              ("mean reward (RM, standardised)", "KL(policy || SFT) per response", "rollout accuracy")):
+                              ("mean reward (RM, standardised)", "KL(policy || SFT) per response, at the rollout T",
+                               "rollout accuracy (training prompts)")):
         ax.plot(steps, [h[key] for h in history], marker="o", ms=2)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("PPO step")
