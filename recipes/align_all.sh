@@ -24,4 +24,5 @@ stage python recipes/reward_model.py --sft "$OUT/sft/model" --pairs "$OUT/pairs.
 stage python recipes/ppo.py --init "$OUT/sft/model" --reward "$OUT/rm/model" --out "$OUT/ppo" "${PPO[@]}"
 stage python recipes/dpo.py --init "$OUT/sft/model" --pairs "$OUT/pairs.json" --out "$OUT/dpo" "${DPO[@]}"
 python -m mmfm.align.report "$OUT" "${IMG:-$OUT/img}"
+python -m mmfm.align.confirm "$OUT"  # the 808 held-out problems no setting was chosen on
 echo "align_all: whole pipeline $((SECONDS - START)) s wall"

@@ -57,3 +57,18 @@ def test_template_masks_only_the_response():
     assert batch["loss_mask"][1].sum() == len("Do you?") + 1 and not batch["loss_mask"][1, -1]
     assert decode_response(tok, tok.encode("12. Answer: 3") + [tok.token_to_id(END)] + [5, 6]) == "12. Answer: 3"
     assert torch.equal(batch["mask"][0], torch.ones(len(ids), dtype=torch.bool))
+
+
+def test_confirmation_set_is_heldout_and_disjoint_from_every_evaluated_prompt():
+    from mmfm.align.confirm import _accuracy, confirm_problems
+    from mmfm.align.splits import heldout_problems
+    from mmfm.align.task import is_heldout, solve
+
+    probs = confirm_problems()
+    used = set(heldout_problems("eval", 400)) | set(heldout_problems("rm_eval", 512))
+    assert len(probs) == len(set(probs)) > 500
+    assert all(is_heldout(p) for p in probs) and not used & set(probs)
+    right = [solve(p) for p in probs[:4]]
+    wrong = ["Answer: -1"] * 4
+    assert _accuracy(probs[:4], right) == 1.0 and _accuracy(probs[:4], wrong) == 0.0
+    assert _accuracy(probs[:4], right[:2] + wrong[2:], keep=lambda p: p in probs[:2]) == 1.0
