@@ -138,3 +138,20 @@ def test_dit_wrong_input_is_clear():
     dit = mmfm.build_model("dit-test")
     with pytest.raises(ValueError, match="DiT expects"):
         dit(torch.randn(2, 3, 16, 16), torch.zeros(2))
+
+
+def test_gelu_tanh_inference_path_equals_aten_and_training_path_is_aten():
+    import torch.nn.functional as F
+
+    from mmfm.nn.mlp import GELU
+
+    x = torch.randn(64, 96) * 4
+    act = GELU(approximate="tanh")
+    with torch.no_grad():
+        assert torch.allclose(act(x), F.gelu(x, approximate="tanh"), atol=1e-6)
+    xg = x.clone().requires_grad_()
+    y = act(xg)
+    assert torch.equal(y, F.gelu(xg, approximate="tanh"))  # autograd inputs take F.gelu itself
+    (g,) = torch.autograd.grad(y.sum(), xg)
+    assert torch.isfinite(g).all()
+    assert torch.equal(GELU()(x), F.gelu(x))  # exact GELU is untouched

@@ -3,11 +3,21 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from timm.layers import PatchEmbed
+from timm import layers as timm_layers
 
 from .pos import timestep_frequencies
 
 __all__ = ["PatchEmbed", "TimestepEmbedder", "LabelEmbedder", "patchify", "unpatchify"]
+
+
+class PatchEmbed(timm_layers.PatchEmbed):
+    """timm's PatchEmbed (same arguments and weights) returning contiguous tokens (B, N, D). timm's
+    flatten(2).transpose(1, 2) is a view with a (B, D, N) memory layout; elementwise ops keep their input's
+    layout, so without this copy the whole residual stream stays transposed and every LayerNorm and
+    Linear pays a hidden copy (measured: DiT-S/2 sampling ~10% slower)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).contiguous()
 
 
 class TimestepEmbedder(nn.Module):

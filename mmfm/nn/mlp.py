@@ -1,15 +1,32 @@
 """Feed-forward layers: GELU MLP and SwiGLU."""
 from __future__ import annotations
 
+import math
+
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+_C0, _C1 = math.sqrt(2 / math.pi), 0.044715 * math.sqrt(2 / math.pi)
+
+
+class GELU(nn.GELU):
+    """nn.GELU. At inference on CPU the tanh form runs as x * sigmoid(2 (c0 x + c1 x^3)), the same function
+    (to 5e-7) in three in-place passes: ATen's tanh-GELU CPU kernel is 1.3-2x slower than that here, and it
+    is 12% of a DiT-S/2 sampling step. Training (inputs that need grad) and other devices use F.gelu."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.approximate != "tanh" or x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
+            return F.gelu(x, approximate=self.approximate)
+        z = torch.addcmul(torch.tensor(2 * _C0, dtype=x.dtype), x, x, value=2 * _C1)  # 2 c0 + 2 c1 x^2
+        return z.mul_(x).sigmoid_().mul_(x)  # sigmoid(2u) = (1 + tanh(u)) / 2
 
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, bias: bool = True, drop: float = 0.0, approximate: str = "none"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden, bias=bias)
-        self.act = nn.GELU(approximate=approximate)
+        self.act = GELU(approximate=approximate)
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
         self.drop = nn.Dropout(drop)
 
