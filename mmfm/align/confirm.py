@@ -14,6 +14,7 @@ import torch
 
 import mmfm
 
+from .data import PairConfig
 from .rollout import eval_prompts, generate_texts, task_metrics
 from .splits import heldout_problems
 from .task import Problem, is_heldout, needs_regrouping
@@ -21,7 +22,7 @@ from .task import Problem, is_heldout, needs_regrouping
 STAGES = ("sft", "ppo", "dpo")
 
 
-def confirm_problems(n_eval: int = 400, n_rm_eval: int = 512) -> list[Problem]:
+def confirm_problems(n_eval: int = 400, n_rm_eval: int = PairConfig.n_heldout_prompts) -> list[Problem]:
     """All held-out 2-digit problems minus the ones any recipe evaluated or tuned on."""
     used = set(heldout_problems("eval", n_eval)) | set(heldout_problems("rm_eval", n_rm_eval))
     every = (Problem(a, op, b) for a in range(10, 100) for b in range(10, 100) for op in "+-"

@@ -126,8 +126,10 @@ def _fast_step(model, seq, mask, T0: int, caches, padded: bool):
     """The model's one-token decoder over `caches` as slot -> logits (B, V); None: use the module forward."""
     make = getattr(model, "decoder", None)
     dec = make(caches) if caches is not None and make is not None else None
-    if dec is None or not padded:
-        return dec and (lambda slot: dec(seq[:, slot], slot))
+    if dec is None:
+        return None
+    if not padded:
+        return lambda slot: dec(seq[:, slot], slot)
     offset = T0 - mask[:, :T0].sum(1)  # (B,) left padding: a row's position = slot - offset
     return lambda slot: dec(seq[:, slot], slot, slot - offset, mask)
 
