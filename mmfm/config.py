@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 
-def opt(default: Any, lo: float | None = None, hi: float | None = None, choices: tuple | None = None):
-    """A config field with a checked range (lo <= v <= hi) or a set of choices."""
-    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices})
+def opt(default: Any, lo: float | None = None, hi: float | None = None, choices: tuple | None = None,
+        finite: bool = True):
+    """A config field with a checked range (lo <= v <= hi) or a set of choices. Float values (and the floats
+    in a tuple) must be finite unless `finite=False`; fields declared without `opt` are held to the same rule."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "finite": finite})
 
 
 class ConfigError(ValueError):
@@ -34,7 +37,12 @@ def _accepts(tp, value) -> bool:
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if origin in (tuple, list):
-        return isinstance(value, (tuple, list))
+        if not isinstance(value, (tuple, list)):
+            return False
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_accepts(args[0], v) for v in value)
+        return not args or (len(args) == len(value) and all(_accepts(a, v) for a, v in zip(args, value)))
     return isinstance(value, tp if isinstance(tp, type) else object)
 
 
@@ -47,6 +55,33 @@ def _coerce(tp, value):
     return value
 
 
+def _numbers(v) -> list:
+    items = v if isinstance(v, (tuple, list)) else [v]
+    return [x for x in items if isinstance(x, (int, float)) and not isinstance(x, bool)]
+
+
+def check_value(owner: str, f: dataclasses.Field, tp, v) -> None:
+    """`v` fits field `f` (declared type `tp`) of dataclass `owner`: type, choices, finiteness, range."""
+    if not _accepts(tp, v):
+        raise ConfigError(f"{owner}.{f.name} must be {tp.__name__ if isinstance(tp, type) else tp}, got {v!r} ({type(v).__name__})")
+    lo, hi, choices = (f.metadata.get(k) for k in ("lo", "hi", "choices"))
+    if choices is not None and v not in choices:
+        raise ConfigError(f"{owner}.{f.name}={v!r} not in {choices}")
+    for x in _numbers(v):
+        if f.metadata.get("finite", True) and not math.isfinite(x):
+            raise ConfigError(f"{owner}.{f.name}={v!r}: must be a finite number")
+        if (lo is not None and x < lo) or (hi is not None and x > hi):
+            raise ConfigError(f"{owner}.{f.name}={v!r} out of range [{lo}, {hi}]")
+
+
+def check_fields(obj, names=None) -> None:
+    """Check every field of dataclass instance `obj` (or only `names`) against its declaration."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if names is None or f.name in names:
+            check_value(type(obj).__name__, f, hints[f.name], getattr(obj, f.name))
+
+
 @dataclass
 class ModelConfig:
     """Base of every model config. Subclasses set `family` and may extend `validate`."""
@@ -54,17 +89,11 @@ class ModelConfig:
     family: ClassVar[str] = ""
 
     def validate(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if not _accepts(hints[f.name], v):
-                raise ConfigError(f"{type(self).__name__}.{f.name} must be {hints[f.name]}, got {v!r} ({type(v).__name__})")
-            lo, hi, choices = (f.metadata.get(k) for k in ("lo", "hi", "choices"))
-            if choices is not None and v not in choices:
-                raise ConfigError(f"{type(self).__name__}.{f.name}={v!r} not in {choices}")
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                if (lo is not None and v < lo) or (hi is not None and v > hi):
-                    raise ConfigError(f"{type(self).__name__}.{f.name}={v} out of range [{lo}, {hi}]")
+        check_fields(self)
+
+    def estimate_params(self) -> int | None:
+        """About how many parameters (and persistent buffers) the model has; None where unknown."""
+        return None
 
     def replace(self, **overrides) -> "ModelConfig":
         """A copy with overrides, names, types and ranges checked."""

@@ -42,25 +42,75 @@ def model_class(family: str):
     return _FAMILIES[family]
 
 
+def available_memory() -> int:
+    """Bytes of memory this process could still allocate (psutil when installed, else /proc/meminfo, else sysconf)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_fits(cfg: ModelConfig, bytes_per_param: int = 4) -> None:
+    """Refuse, before allocating, a config whose float32 parameters alone exceed the available memory."""
+    n = cfg.estimate_params()
+    if n is None:
+        return
+    need, avail = n * bytes_per_param, available_memory()
+    if need > avail:
+        raise ConfigError(f"this {cfg.family} config has about {n:,} parameters: {need / 2**30:,.1f} GiB in float32, "
+                          f"more than the {avail / 2**30:,.1f} GiB of memory available; reduce its size "
+                          f"(layers, width, vocabulary, image size)")
+
+
 def build_model(name_or_path: str | os.PathLike, **overrides):
-    """Build a preset by name (`build_model("gpt-test", n_layer=4)`) or load a saved folder."""
-    path = Path(name_or_path)
-    if (path / "config.json").is_file():
+    """Build a preset by name (`build_model("gpt-test", n_layer=4)`) or load a saved folder.
+
+    A string that names a preset builds the preset; a folder of the same name without config.json does not
+    change that. A preset name that is also a saved folder in the working directory is refused as ambiguous:
+    pass "./NAME" (or a Path) for the folder. A config whose parameters cannot fit in memory is refused
+    before anything is allocated."""
+    path, name = Path(name_or_path), str(name_or_path)
+    is_preset, is_folder = name in _PRESETS, (path / "config.json").is_file()
+    if is_preset and is_folder and isinstance(name_or_path, str):
+        raise ConfigError(f"{name_or_path!r} is both a preset and a saved model folder ({path.resolve()}); pass "
+                          f"'.{os.sep}{name_or_path}' (or a Path) to load the folder, or move the folder away "
+                          f"to build the preset")
+    if is_folder:
         from .checkpoint import load_pretrained
 
         return load_pretrained(path, **overrides)
-    if path.exists() or os.sep in str(name_or_path):
-        raise ConfigError(f"{str(name_or_path)!r} is not a preset and has no config.json (not a saved model folder)")
-    cfg = get_config(str(name_or_path), **overrides)
+    if not is_preset and (path.exists() or os.sep in name):
+        raise ConfigError(f"{name!r} is not a preset and has no config.json (not a saved model folder)")
+    cfg = get_config(name, **overrides)
+    check_fits(cfg)
     return model_class(cfg.family)(cfg)
 
 
 def config_from_json(d: dict) -> ModelConfig:
-    if not isinstance(d, dict) or "family" not in d or "config" not in d:
-        raise ConfigError("config.json must be an object with 'family' and 'config' keys")
+    if not isinstance(d, dict) or "family" not in d or not isinstance(d.get("config"), dict):
+        raise ConfigError("config.json must be an object with 'family' and 'config' (an object) keys")
     return model_class(d["family"]).config_class.from_dict(d["config"])
 
 
 def read_config(path: Path) -> ModelConfig:
-    with open(path / "config.json") as f:
-        return config_from_json(json.load(f))
+    """The config of a saved folder; a file that is not JSON, or not a valid config, fails naming the file."""
+    file = Path(path) / "config.json"
+    try:
+        d = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{file}: not UTF-8 text (byte {e.start}); a model folder's config.json is JSON") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{file}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    try:
+        return config_from_json(d)
+    except ConfigError as e:
+        raise ConfigError(f"{file}: {e}") from None

@@ -27,6 +27,19 @@ class Model(nn.Module):
         raise NotImplementedError
 
 
+def stack_params(dim: int, depth: int, mlp_ratio: float, mlp: str = "gelu", cond_dim: int = 0,
+                 context_dim: int = 0) -> int:
+    """About the parameter count of a Transformer stack (weights exactly; biases and norms as 10 * dim per
+    block), in Python ints so that absurd sizes are counted, not overflowed, before anything is allocated."""
+    hidden = int(dim * mlp_ratio)
+    block = 4 * dim * dim + (3 if mlp == "swiglu" else 2) * dim * hidden + 10 * dim + hidden
+    if context_dim:
+        block += 2 * dim * dim + 2 * context_dim * dim
+    if cond_dim:
+        block += cond_dim * 6 * dim
+    return depth * block
+
+
 def init_linear_normal(module: nn.Module, std: float = 0.02) -> None:
     """GPT-style init: normal(0, std) weights, zero biases, for Linear and Embedding."""
     if isinstance(module, nn.Linear):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig, check, opt
 from ..nn import StackConfig, Transformer
 from ..registry import register_family, register_preset
-from .base import Model
+from .base import Model, stack_params
 from .vit import ViT, ViTConfig
 
 
@@ -32,7 +32,7 @@ class CLIPConfig(ModelConfig):
     text_heads: int = opt(8, lo=1)
     mlp_ratio: float = opt(4.0, lo=0.01)
     eot_token_id: int = opt(-1, lo=-1)  # -1: vocab_size - 1 (CLIP BPE's end-of-text)
-    init_logit_scale: float = opt(math.log(1 / 0.07))
+    init_logit_scale: float = opt(math.log(1 / 0.07), lo=-10.0, hi=10.0)  # exp() finite even in fp16 (e^11.1)
     tokenizer: str = opt("clip", choices=("clip", "char", "bpe"))
     # preprocessing the image tower expects: pixels in [0, 1] -> (x - mean) / std per channel (OpenAI CLIP's)
     image_mean: tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073)
@@ -40,9 +40,23 @@ class CLIPConfig(ModelConfig):
 
     def validate(self):
         super().validate()
-        check(self.text_width % self.text_heads == 0, "text_width must be divisible by text_heads")
+        check(self.text_width % self.text_heads == 0,
+              f"text_width={self.text_width} must be divisible by text_heads={self.text_heads}")
+        check(self.vision_width % self.vision_heads == 0,
+              f"vision_width={self.vision_width} must be divisible by vision_heads={self.vision_heads}")
+        check(self.img_size % self.patch_size == 0,
+              f"img_size={self.img_size} not divisible by patch_size={self.patch_size}")
+        check(self.eot_token_id < self.vocab_size,
+              f"eot_token_id={self.eot_token_id} is outside the vocabulary (vocab_size={self.vocab_size})")
         check(len(self.image_mean) in (1, self.in_chans) and len(self.image_std) == len(self.image_mean),
               f"image_mean/image_std need 1 or in_chans={self.in_chans} values each")
+        check(all(s > 0 for s in self.image_std), f"image_std={self.image_std} must be > 0 (images are divided by it)")
+
+    def estimate_params(self) -> int:
+        text = (self.vocab_size + self.context_length) * self.text_width
+        text += stack_params(self.text_width, self.text_layers, self.mlp_ratio)
+        proj = (self.vision_width + self.text_width) * self.embed_dim
+        return self.vision().estimate_params() + text + proj
 
     @property
     def eot_id(self) -> int:

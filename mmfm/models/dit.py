@@ -10,7 +10,7 @@ from ..config import ModelConfig, check, opt
 from ..nn import (AdaLN, LabelEmbedder, PatchEmbed, StackConfig, TimestepEmbedder, Transformer, build_norm,
                   modulate, sincos_2d, unpatchify)
 from ..registry import register_family, register_preset
-from .base import Model, init_linear_xavier
+from .base import Model, init_linear_xavier, stack_params
 
 
 @dataclass
@@ -32,6 +32,15 @@ class DiTConfig(ModelConfig):
         super().validate()
         check(self.hidden_size % self.num_heads == 0, "hidden_size must be divisible by num_heads")
         check(self.input_size % self.patch_size == 0, "input_size must be divisible by patch_size")
+
+    def estimate_params(self) -> int:
+        d, p = self.hidden_size, self.patch_size
+        grid = self.input_size // p
+        embeds = p * p * self.in_channels * d + grid * grid * d + (256 + d) * d  # patches, positions, timestep MLP
+        cond = (self.num_classes + 1) * d + self.text_dim * d
+        final = 2 * d * d + d * p * p * self.out_channels
+        return embeds + cond + final + stack_params(d, self.depth, self.mlp_ratio, cond_dim=d,
+                                                    context_dim=self.context_dim)
 
     @property
     def out_channels(self) -> int:

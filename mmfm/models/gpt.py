@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig, check, opt
 from ..nn import LearnedPosEmbed, StackConfig, StackDecoder, Transformer
 from ..registry import register_family, register_preset
-from .base import Model, init_linear_normal
+from .base import Model, init_linear_normal, stack_params
 from .generation import generate
 
 
@@ -36,6 +36,13 @@ class GPTConfig(ModelConfig):
     def validate(self):
         super().validate()
         check(self.n_embd % self.n_head == 0, f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        check(self.pos != "rope" or (self.n_embd // self.n_head) % 2 == 0,
+              f"pos='rope' needs an even head width; n_embd/n_head = {self.n_embd}/{self.n_head} is odd")
+
+    def estimate_params(self) -> int:
+        emb = self.vocab_size * self.n_embd * (1 if self.tie_weights else 2)
+        pos = self.block_size * self.n_embd if self.pos == "learned" else 0
+        return emb + pos + stack_params(self.n_embd, self.n_layer, self.mlp_ratio, self.mlp)
 
     def stack(self) -> StackConfig:
         return StackConfig(self.n_embd, self.n_layer, self.n_head, self.mlp_ratio, self.mlp, self.norm,

@@ -10,7 +10,7 @@ from timm.layers import trunc_normal_
 from ..config import ModelConfig, check, opt
 from ..nn import PatchEmbed, StackConfig, Transformer, build_norm, resample_pos_2d
 from ..registry import register_family, register_preset
-from .base import Model, init_linear_xavier
+from .base import Model, init_linear_xavier, stack_params
 
 
 @dataclass
@@ -40,6 +40,11 @@ class ViTConfig(ModelConfig):
         check(self.dim % self.n_heads == 0, f"dim={self.dim} must be divisible by n_heads={self.n_heads}")
         check(self.img_size % self.patch_size == 0, f"img_size={self.img_size} not divisible by patch_size={self.patch_size}")
         check(self.pool == "mean" or self.class_token, "pool='cls' needs class_token=True")
+
+    def estimate_params(self) -> int:
+        patch = self.patch_size**2 * self.in_chans * self.dim
+        pos = (self.grid**2 + 1) * self.dim
+        return patch + pos + stack_params(self.dim, self.depth, self.mlp_ratio, self.mlp) + self.dim * self.num_classes
 
     @property
     def grid(self) -> int:
