@@ -1,9 +1,14 @@
 """GPT generation: cache == no cache, batched == one at a time, sampling filters, stops, log-probs."""
+import importlib.util
+import logging
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
 import mmfm
-from mmfm.models.generation import filter_logits, left_pad, sample_next
+from mmfm.models.generation import filter_logits, generate, left_pad, sample_next
 from mmfm.tokenizers import CharTokenizer
 
 PROMPTS = [[1, 2, 3, 4, 5, 6, 7], [8, 9, 10], [11]]
@@ -149,3 +154,75 @@ def test_stack_decoder_only_covers_plain_causal_stacks():
     assert not StackDecoder.supports(mmfm.build_model("vit-test").eval().transformer)  # bidirectional
     with pytest.raises(ValueError, match="plain causal"):
         StackDecoder(gpt.train().transformer, gpt.transformer.new_caches(1, 4))
+
+
+BAD_ARGS = [  # (keyword arguments, error type, the argument the message names)
+    (dict(max_new_tokens=-1), ValueError, "max_new_tokens"),
+    (dict(max_new_tokens=None), TypeError, "max_new_tokens"),
+    (dict(max_new_tokens=2.0), TypeError, "max_new_tokens"),
+    (dict(temperature=-1.0), ValueError, "temperature"),
+    (dict(temperature=float("nan")), ValueError, "temperature"),
+    (dict(temperature=float("inf")), ValueError, "temperature"),
+    (dict(temperature="0.8"), TypeError, "temperature"),
+    (dict(top_k=2.5), TypeError, "top_k"),
+    (dict(top_k=0), ValueError, "top_k"),
+    (dict(top_k=-3), ValueError, "top_k"),
+    (dict(top_p=0.0), ValueError, "top_p"),
+    (dict(top_p=1.5), ValueError, "top_p"),
+    (dict(top_p=float("nan")), ValueError, "top_p"),
+    (dict(prompts=[[1, 2, 256]]), ValueError, "prompts[0]"),
+    (dict(prompts=[[1], [-1]]), ValueError, "prompts[1]"),
+    (dict(prompts=[[1.0, 2.0]]), TypeError, "prompts[0]"),
+    (dict(prompts=torch.tensor([[0.5, 1.0]])), TypeError, "prompts[0]"),
+    (dict(prompts=[[]]), ValueError, "prompts"),
+    (dict(prompts=42), TypeError, "prompts"),
+    (dict(pad_id=256), ValueError, "pad_id"),
+    (dict(pad_id=-1), ValueError, "pad_id"),
+    (dict(stop_tokens=[300]), ValueError, "stop_tokens"),
+    (dict(stop_tokens=[1.0]), TypeError, "stop_tokens"),
+    (dict(stop_strings="\n"), TypeError, "stop_strings"),
+    (dict(generator=0), TypeError, "generator"),
+]
+
+
+@pytest.mark.parametrize("kwargs,exc,name", BAD_ARGS, ids=[f"{n}-{i}" for i, (_, _, n) in enumerate(BAD_ARGS)])
+def test_bad_arguments_are_refused_naming_them(kwargs, exc, name):
+    model = mmfm.build_model("gpt-test").eval()  # vocab 256
+    call = {"prompts": [[1, 2, 3]], "max_new_tokens": 4, **kwargs}
+    with pytest.raises(exc, match=re.escape(name)):
+        generate(model, **call)
+
+
+def test_negative_temperature_no_longer_samples_and_zero_is_greedy():
+    model = mmfm.build_model("gpt-test").eval()
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate([[1, 2]], 3, temperature=-1)
+    assert model.generate([[1, 2]], 3, temperature=0).tolist() == model.generate([[1, 2]], 3, temperature=0.0).tolist()
+
+
+def test_text_prompt_with_a_foreign_tokenizer_names_the_mismatch():
+    model = mmfm.build_model("gpt-test", vocab_size=4).eval()
+    tok = CharTokenizer.train("abcdefgh")
+    with pytest.raises(ValueError, match="tokenizer does not match"):
+        model.generate("hgf", 2, tokenizer=tok)
+
+
+def test_rope_past_block_size_slides_the_window_and_warns(caplog):
+    model = mmfm.build_model("gpt-test", pos="rope").eval()  # block 64
+    with caplog.at_level(logging.WARNING, logger="mmfm.models.generation"):
+        out = model.generate([[1, 2, 3]], 80, temperature=0)
+    assert out.lengths.tolist() == [80] and "sliding window" in caplog.text
+    seq = [1, 2, 3] + out.tolist()[0]  # the last token equals greedy on the last 64 tokens alone
+    window = torch.tensor([seq[-65:-1]])
+    assert int(model(window)[0, -1].argmax()) == seq[-1]
+
+
+@pytest.mark.parametrize("flag,value", [("--temperature", "-1"), ("--top-p", "0"), ("--top-k", "0"),
+                                        ("--max-new-tokens", "-5"), ("--temperature", "nan")])
+def test_generate_recipe_refuses_bad_sampling_flags(flag, value, capsys, tmp_path):
+    spec = importlib.util.spec_from_file_location("generate_recipe", Path(__file__).parents[1] / "recipes/generate.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    with pytest.raises(SystemExit) as e:  # refused before the (missing) model folder is read
+        recipe.main([str(tmp_path / "no-model"), flag, value])
+    assert e.value.code == 2 and flag in capsys.readouterr().err

@@ -8,10 +8,15 @@
 """
 from __future__ import annotations
 
+import logging
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,14 +81,112 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _id_row(r, i: int) -> list[int]:
+    """One prompt row of token ids as a list of ints; floats, bools and strings are refused."""
+    if isinstance(r, torch.Tensor):
+        if r.dim() != 1 or r.dtype.is_floating_point or r.dtype.is_complex or r.dtype == torch.bool:
+            raise TypeError(f"prompts[{i}]: expected a 1-D integer tensor of token ids, got {r.dtype} {tuple(r.shape)}")
+        return r.tolist()
+    if isinstance(r, (str, bytes)) or not hasattr(r, "__iter__"):
+        raise TypeError(f"prompts[{i}]: expected a list of token ids, got {type(r).__name__} "
+                        "(prompts are all strings or all lists of token ids)")
+    row = list(r)
+    bad = next((x for x in row if not _is_int(x)), None)
+    if bad is not None:
+        raise TypeError(f"prompts[{i}]: token ids must be ints, got {bad!r} ({type(bad).__name__})")
+    return [int(x) for x in row]
+
+
 def _as_rows(prompts, tokenizer) -> list[list[int]]:
-    if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], str)):
+    """Prompts (a string, strings, a (B, T) / (T,) integer tensor, or lists of ids) -> lists of ints."""
+    if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts
+                                    and all(isinstance(p, str) for p in prompts)):
         if tokenizer is None:
             raise ValueError("text prompts need a tokenizer: pass tokenizer=, or set model.tokenizer")
         return [tokenizer.encode(p) for p in ([prompts] if isinstance(prompts, str) else prompts)]
     if isinstance(prompts, torch.Tensor):
-        return (prompts[None] if prompts.dim() == 1 else prompts).tolist()
-    return [list(map(int, r)) for r in prompts]
+        if prompts.dim() not in (1, 2):
+            raise TypeError(f"prompts: expected a (B, T) or (T,) tensor of token ids, got shape {tuple(prompts.shape)}")
+        return [_id_row(r, i) for i, r in enumerate(prompts[None] if prompts.dim() == 1 else prompts)]
+    if isinstance(prompts, (bytes, dict, set)) or not hasattr(prompts, "__iter__"):
+        raise TypeError(f"prompts: expected a string, a list of strings, a tensor or lists of token ids, "
+                        f"got {type(prompts).__name__}")
+    return [_id_row(r, i) for i, r in enumerate(prompts)]
+
+
+def check_sampling(max_new_tokens, temperature, top_k, top_p) -> None:
+    """TypeError / ValueError naming the argument for sampling settings that cannot mean anything."""
+    if not _is_int(max_new_tokens):
+        raise TypeError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r} ({type(max_new_tokens).__name__})")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not _is_real(temperature):
+        raise TypeError(f"temperature must be a number >= 0 (0: greedy), got {temperature!r}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature}")
+    if top_k is not None and not _is_int(top_k):
+        raise TypeError(f"top_k must be None or an int >= 1, got {top_k!r} ({type(top_k).__name__})")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 (None: no top-k filter), got {top_k}")
+    if top_p is not None and not _is_real(top_p):
+        raise TypeError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+    if top_p is not None and not 0 < top_p <= 1:  # NaN fails both comparisons
+        raise ValueError(f"top_p must be in (0, 1] (None: no nucleus filter), got {top_p}")
+
+
+def _check_ids(name: str, ids, vocab: int, hint: str = "") -> None:
+    """Every id in `ids` lies in [0, vocab)."""
+    bad = next((i for i in ids if not 0 <= i < vocab), None)
+    if bad is not None:
+        raise ValueError(f"{name}: token id {bad} is outside the model's vocabulary [0, {vocab}){hint}")
+
+
+def _check_stops(stop_tokens, stop_strings, vocab: int) -> None:
+    if stop_tokens is not None:
+        if isinstance(stop_tokens, (str, bytes)) or not hasattr(stop_tokens, "__iter__"):
+            raise TypeError(f"stop_tokens must be a list of token ids, got {type(stop_tokens).__name__}")
+        stop_tokens = list(stop_tokens)
+        bad = next((t for t in stop_tokens if not _is_int(t)), None)
+        if bad is not None:
+            raise TypeError(f"stop_tokens: token ids must be ints, got {bad!r} ({type(bad).__name__})")
+        _check_ids("stop_tokens", stop_tokens, vocab)
+    if stop_strings is not None:
+        if isinstance(stop_strings, (str, bytes)) or not hasattr(stop_strings, "__iter__"):
+            raise TypeError(f"stop_strings must be a list of strings (not one string: ['\\n'], not '\\n'), "
+                            f"got {type(stop_strings).__name__}")
+        bad = next((s for s in stop_strings if not isinstance(s, str)), None)
+        if bad is not None:
+            raise TypeError(f"stop_strings: each must be a str, got {bad!r} ({type(bad).__name__})")
+
+
+def _check_generate(model, rows, max_new_tokens, temperature, top_k, top_p, stop_tokens, stop_strings,
+                    pad_id, generator, text: bool) -> None:
+    """Every argument of `generate`, before any torch work: a TypeError / ValueError naming it."""
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    vocab = model.config.vocab_size
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError("prompts: every prompt needs at least one token")
+    hint = " (the tokenizer does not match the model)" if text else ""
+    for i, r in enumerate(rows):
+        _check_ids(f"prompts[{i}]", r, vocab, hint)
+    if not _is_int(pad_id):
+        raise TypeError(f"pad_id must be an int, got {pad_id!r} ({type(pad_id).__name__})")
+    _check_ids("pad_id", [pad_id], vocab)
+    _check_stops(stop_tokens, stop_strings, vocab)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    longest, block = max(len(r) for r in rows) + max_new_tokens, model.config.block_size
+    if longest > block:
+        log.warning("prompt + max_new_tokens = %d tokens exceed block_size %d: past it each new token sees only "
+                    "the last %d tokens (a sliding window, without the KV cache)", longest, block, block)
 
 
 class _Stopper:
@@ -166,20 +269,28 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_
     prompts: a (B, T) or (T,) LongTensor, a list of token-id lists of different lengths (left-padded
         internally; each row's result equals running it alone), a string or a list of strings
         (encoded with `tokenizer`, default `model.tokenizer`).
-    temperature: 0 is greedy decoding; top_k / top_p filter the tempered distribution.
+    temperature: 0 is greedy decoding (a finite number >= 0); top_k (an int >= 1) / top_p (in (0, 1]) filter
+        the tempered distribution. Prompt, pad and stop ids must lie in the model's vocabulary; every
+        argument is checked before any torch work (TypeError / ValueError naming it).
     stop_tokens / stop_strings: a row stops after emitting one of the tokens, or once its decoded new
         text contains one of the strings; the stopping token is kept, later positions hold `pad_id`.
     return_logprobs: also return log p(token) under the model's raw (temperature 1, unfiltered) distribution.
     use_cache: decode with a KV cache (fast). Without it each step re-runs the last block_size tokens,
-        which is also what happens when prompt + new tokens exceed block_size.
+        which is also what happens (with a logged warning) when prompt + new tokens exceed block_size:
+        past it the model sees a sliding window of its last block_size tokens, for learned and RoPE
+        positions alike (positions are recounted inside the window, as in training).
     generator: a torch.Generator for reproducible sampling.
     Returns a Generation: tokens (B, N), lengths (B,), logprobs (B, N) or None; `.tolist()`, `.texts()`.
     """
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if pad_id is None:
         pad_id = getattr(tokenizer, "pad_id", None) or 0
+    rows = _as_rows(prompts, tokenizer)
+    _check_generate(model, rows, max_new_tokens, temperature, top_k, top_p, stop_tokens, stop_strings, pad_id,
+                    generator, text=isinstance(prompts, (str, list, tuple)) and bool(prompts)
+                    and isinstance(prompts[0], str))
     param = next(model.parameters())
-    prompt, prompt_mask = left_pad(_as_rows(prompts, tokenizer), pad_id, param.device)  # (B, T0) each
+    prompt, prompt_mask = left_pad(rows, pad_id, param.device)  # (B, T0) each
     (B, T0), N = prompt.shape, max_new_tokens
     seq = torch.full((B, T0 + N), pad_id, dtype=torch.long, device=param.device)  # prompt, then new tokens
     mask = torch.ones((B, T0 + N), dtype=torch.bool, device=param.device)
