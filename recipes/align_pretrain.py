@@ -24,6 +24,7 @@ from mmfm.align.rollout import evaluate
 from mmfm.align.splits import heldout_problems
 from mmfm.align.task import corpus
 from mmfm.align.tasks import LMTask
+from mmfm.config import opt
 from mmfm.registry import read_config
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 
@@ -39,10 +40,10 @@ class PretrainConfig:
     ramble: float = 0.1
     question: float = 0.1
     block: int = 128
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 0.1
-    warmup: int = 100
+    batch_size: int = opt(32, lo=1)
+    lr: float = opt(3e-3, gt=0.0)
+    weight_decay: float = opt(0.1, lo=0.0)
+    warmup: int = opt(100, lo=0)
     n_eval: int = 400
 
 

@@ -23,6 +23,7 @@ import mmfm
 from mmfm.diffusion import make_sampler, make_train_scheduler, save_scheduler
 from mmfm.diffusion.text import PromptConditioner
 from mmfm.eval.gen_quality import evaluate
+from mmfm.config import opt
 from mmfm.registry import read_config
 from mmfm.train import LossHistory, Timer, checkpoint_to_resume, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 from mmfm.train.classify import load_labelled
@@ -35,23 +36,23 @@ log = logging.getLogger("dit_train")
 @dataclass
 class DiTTrain:
     datasets: str = "digits,animals"
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    p_uncond: float = 0.1  # condition dropout (classifier-free guidance)
-    ema_decay: float = 0.999
+    batch_size: int = opt(64, lo=1)
+    lr: float = opt(1e-3, gt=0.0)
+    weight_decay: float = opt(0.0, lo=0.0)
+    warmup_steps: int = opt(100, lo=0)
+    p_uncond: float = opt(0.1, lo=0.0, hi=1.0)  # condition dropout (classifier-free guidance)
+    ema_decay: float = opt(0.999, lo=0.0, hi=1.0)
     prediction_type: str = "sample"  # x0; or epsilon, v_prediction (x0 learned class structure fastest on CPU)
     beta_schedule: str = "squaredcos_cap_v2"
-    sample_every: int = 1000  # steps between sample grids (0: only at the end)
+    sample_every: int = opt(1000, lo=0)  # steps between sample grids (0: only at the end)
     sampler: str = "dpm++"  # ddim, dpm++, ddpm, euler
-    sample_steps: int = 20
+    sample_steps: int = opt(20, lo=1)
     guidance_scale: float = 4.0  # for the grid and the final metrics (best digits accuracy in the 3000-step sweep)
     classifier: str = "runs/vit/model"  # quality classifier (recipes/vit_classify.py); metrics skipped if absent
     eval_seed: int = 0
     text_encoder: str = ""  # a saved mmfm CLIP folder: condition on its text tower (frozen) instead of labels
     text_tokens: bool = False  # also cross-attend over the text tokens (needs text_encoder)
-    max_minutes: float = 13.5  # >0: also stop training after this many minutes (the CPU budget), whichever first
+    max_minutes: float = opt(13.5, lo=0.0)  # >0: also stop training after this many minutes (the CPU budget), whichever first
     limit: int | None = None  # images per dataset and split (tests, smoke runs)
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
 

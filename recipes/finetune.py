@@ -24,6 +24,7 @@ from mmfm.adapt import (METHODS, TaskKind, balanced_weights, build_adapted, coun
                         source_config)
 from mmfm.adapt.data import label_subset, load_task, pixel_stats, to_backbone_input
 from mmfm.adapt.task import AdaptTask
+from mmfm.config import opt
 from mmfm.eval.classification import classification_metrics, confusion, plot_confusion
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 from mmfm.train.classify import predict
@@ -35,16 +36,16 @@ METHOD_LR = {"linear": 1e-2, "lora": 2e-3, "full": 1e-3}
 
 @dataclass
 class FinetuneTrain:
-    lr: float | None = None  # None: METHOD_LR[method]
-    batch_size: int = 64
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    label_fraction: float = 1.0  # share of the training labels used (stratified per class)
+    lr: float | None = opt(None, gt=0.0)  # None: METHOD_LR[method]
+    batch_size: int = opt(64, lo=1)
+    weight_decay: float = opt(0.01, lo=0.0)
+    warmup_steps: int = opt(20, lo=0)
+    label_fraction: float = opt(1.0, gt=0.0, hi=1.0)  # share of the training labels used (stratified per class)
     weighted_loss: bool = False  # inverse-frequency class weights / pos_weight from the training labels
-    lora_rank: int = 8
+    lora_rank: int = opt(8, lo=1)
     lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    val_every: int = 50  # steps between validations
+    lora_dropout: float = opt(0.0, lo=0.0, lt=1.0)
+    val_every: int = opt(50, lo=1)  # steps between validations
     val_subset: int = 1024  # validation images (a fixed random subset) checked during training; 0: all
     patience: int = 4  # validations without a better val/loss before stopping
     img_size: int = 0  # 0: the backbone's own input size

@@ -21,6 +21,7 @@ from mmfm.align.data import chat_collate, sft_data
 from mmfm.align.rollout import evaluate
 from mmfm.align.splits import heldout_problems, train_problems
 from mmfm.align.tasks import LMTask
+from mmfm.config import opt
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 
 log = logging.getLogger("sft")
@@ -29,10 +30,10 @@ log = logging.getLogger("sft")
 @dataclass
 class SFTConfig:
     n_train: int = 256  # labelled chats
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup: int = 10
+    batch_size: int = opt(32, lo=1)
+    lr: float = opt(1e-3, gt=0.0)
+    weight_decay: float = opt(0.0, lo=0.0)
+    warmup: int = opt(10, lo=0)
     n_eval: int = 400
 
 

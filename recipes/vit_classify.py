@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import mmfm
+from mmfm.config import opt
 from mmfm.registry import read_config
 from mmfm.train import LossHistory, Timer, checkpoint_to_resume, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 from mmfm.train.classify import ClassifyTask, accuracy_per_dataset, load_labelled
@@ -30,13 +31,13 @@ SMALL_28PX = dict(img_size=28, patch_size=4, in_chans=1, dim=96, depth=4, n_head
 @dataclass
 class ClassifyTrain:
     datasets: str = "digits,animals"  # comma-separated names from mmfm.train.classify.DATASETS
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 60
-    label_smoothing: float = 0.1
+    batch_size: int = opt(128, lo=1)
+    lr: float = opt(2e-3, gt=0.0)
+    weight_decay: float = opt(0.05, lo=0.0)
+    warmup_steps: int = opt(60, lo=0)
+    label_smoothing: float = opt(0.1, lo=0.0, lt=1.0)
     augment: bool = True
-    test_fraction: float = 0.2
+    test_fraction: float = opt(0.2, gt=0.0, lt=1.0)
     limit: int | None = None  # images per dataset and split (tests, smoke runs)
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
 

@@ -51,27 +51,57 @@ def train_tokenizer(text: str, kind: str, vocab_size: int = 4096):
     raise ValueError(f"unknown tokenizer kind {kind!r}; choose 'char' or 'bpe'")
 
 
+def encode_documents(tok, docs: list[str], separator: str | None = None) -> np.ndarray:
+    """Token ids of documents laid end to end, each followed by `separator` (text) or, without one, by the
+    tokenizer's end-of-text token (GPT-2's layout); "\n\n" when the tokenizer has no end-of-text token."""
+    eos = getattr(tok, "eos_id", None) if separator is None else None
+    if separator is None and eos is None:
+        separator = "\n\n"
+    texts = [d + separator for d in docs] if separator is not None else docs
+    rows = tok.encode_many(texts) if hasattr(tok, "encode_many") else [tok.encode(t) for t in texts]
+    tail = [] if separator is not None else [eos]
+    return np.fromiter((i for row in rows for i in (*row, *tail)), dtype=np.int64)
+
+
+def write_token_folder(splits: dict[str, list[str]], out: str | os.PathLike, tok, meta: dict,
+                       separator: str | None = None, min_tokens: int = 0) -> dict:
+    """<out>/{split}.bin for each split (documents joined by `encode_documents`), <out>/tokenizer/ and
+    <out>/meta.json (`meta` plus the tokenizer, its vocabulary and each split's document and token counts).
+    Everything is encoded and checked (ids fit uint16, each split holds >= `min_tokens`) before `out` is made."""
+    from .formats import DataFormatError
+
+    if tok.vocab_size > 2**16:
+        raise ValueError(f"token files hold uint16 ids: a tokenizer of {tok.vocab_size:,} tokens does not fit")
+    ids = {split: encode_documents(tok, docs, separator) for split, docs in splits.items()}
+    for split, arr in ids.items():
+        if len(arr) < min_tokens:
+            raise DataFormatError(f"{meta.get('source') or out}: the {split} split holds {len(arr)} tokens, fewer "
+                                  f"than block_size + 1 = {min_tokens}: give more text, a larger split fraction "
+                                  "or a smaller block_size")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(out / "tokenizer")
+    meta = {**meta, "tokenizer": meta.get("tokenizer", tok.kind), "vocab_size": tok.vocab_size}
+    for split, docs in splits.items():
+        write_tokens(out / f"{split}.bin", ids[split])
+        meta[f"{split}_documents"], meta[f"{split}_chars"] = len(docs), sum(len(d) for d in docs)
+        meta[f"{split}_tokens"] = len(ids[split])
+    atomic_write_text(out / META, json.dumps(meta, indent=2))
+    log.info("wrote %s: %s", out, {k: v for k, v in meta.items() if k.endswith(("_tokens", "vocab_size"))})
+    return meta
+
+
 def build_token_files(text: str, out: str | os.PathLike, tokenizer: str = "char", val_fraction: float = 0.1,
                       vocab_size: int = 4096, source: str = "") -> dict:
     """Split `text` by position (first 1 - val_fraction for training, the rest held out), train a
     tokenizer on the training part, write train.bin / val.bin / tokenizer/ / meta.json under `out`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     cut = int(len(text) * (1 - val_fraction))
     train_text, val_text = text[:cut], text[cut:]
     # a char vocabulary covers the whole text (as nanoGPT's): a held-out character must stay encodable
     tok = train_tokenizer(text if tokenizer == "char" else train_text, tokenizer, vocab_size)
-    tok.save(out / "tokenizer")
-    meta = {"source": source, "tokenizer": tokenizer, "vocab_size": tok.vocab_size, "chars": len(text),
-            "distinct_chars": len(set(text)), "val_fraction": val_fraction, "train_chars": len(train_text),
-            "val_chars": len(val_text)}
-    for split, part in (("train", train_text), ("val", val_text)):
-        ids = tok.encode(part)
-        write_tokens(out / f"{split}.bin", ids)
-        meta[f"{split}_tokens"] = len(ids)
-    atomic_write_text(out / META, json.dumps(meta, indent=2))
-    log.info("wrote %s: %s", out, meta)
-    return meta
+    meta = {"source": source, "tokenizer": tokenizer, "chars": len(text), "distinct_chars": len(set(text)),
+            "val_fraction": val_fraction}
+    return write_token_folder({"train": [train_text], "val": [val_text]}, out, tok, meta, separator="")
 
 
 def read_meta(folder: str | os.PathLike) -> dict:

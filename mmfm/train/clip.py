@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import lightning as L
 import torch
 
+from ..config import opt
 from ..losses.contrastive import ClipLoss, contrastive_accuracy
 
 
@@ -15,20 +16,20 @@ from ..losses.contrastive import ClipLoss, contrastive_accuracy
 class ClipTrain:
     """Training settings of recipes/clip_pretrain.py (override any with key=value)."""
 
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.05
-    warmup: int = 100
-    weight_decay: float = 0.1
-    beta2: float = 0.98
-    batch_size: int = 128
-    num_workers: int = 1
-    shuffle: int = 2000  # sample shuffle buffer
+    lr: float = opt(1e-3, gt=0.0)
+    min_lr_ratio: float = opt(0.05, lo=0.0, hi=1.0)
+    warmup: int = opt(100, lo=0)
+    weight_decay: float = opt(0.1, lo=0.0)
+    beta2: float = opt(0.98, lo=0.0, lt=1.0)
+    batch_size: int = opt(128, lo=1)
+    num_workers: int = opt(1, lo=0)
+    shuffle: int = opt(2000, lo=0)  # sample shuffle buffer
     augment: bool = True  # small random affine on training images
     random_caption: bool = True  # draw a fresh caption from json["captions"] each time an image is seen
-    train_minutes: float = 9.0  # wall-clock budget of fitting (Lightning max_time)
+    train_minutes: float = opt(9.0, lo=0.0)  # wall-clock budget of fitting (Lightning max_time)
     schedule_by_time: bool = True  # the cosine follows max(step / max_steps, elapsed / budget): it always anneals
-    eval_batch: int = 512
-    max_bad_fraction: float = 0.05  # stop when more than this fraction of samples could not be decoded
+    eval_batch: int = opt(512, lo=1)
+    max_bad_fraction: float = opt(0.05, lo=0.0, hi=1.0)  # stop when more than this fraction of samples could not be decoded
 
 
 def cosine_with_warmup(warmup: int, total: int, min_ratio: float, time_fraction=None):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import lightning as L
 import torch
 
+from ..config import opt
 from ..losses.lm import lm_loss
 
 
@@ -16,23 +17,23 @@ class LMTrainConfig:
     """What an LM recipe may vary besides the model (overridable as key=value)."""
 
     data: str = "data/shakespeare/char"  # a token folder: train.bin, val.bin, tokenizer/, meta.json
-    batch_size: int = 16
-    lr: float = 3e-3
-    min_lr: float = 3e-4  # cosine decays lr to min_lr at the last step
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0
-    val_every: int = 500  # steps between periodic validations (on `val_tokens`)
-    val_tokens: int = 65_536  # periodic validation sample, spread over the held-out split
-    final_val_tokens: int = 0  # the final validation; 0: the whole held-out split
+    batch_size: int = opt(16, lo=1)
+    lr: float = opt(3e-3, gt=0.0)
+    min_lr: float = opt(3e-4, lo=0.0)  # cosine decays lr to min_lr at the last step
+    warmup_steps: int = opt(100, lo=0)
+    weight_decay: float = opt(0.1, lo=0.0)
+    beta1: float = opt(0.9, lo=0.0, lt=1.0)
+    beta2: float = opt(0.99, lo=0.0, lt=1.0)
+    grad_clip: float = opt(1.0, lo=0.0)
+    val_every: int = opt(500, lo=1)  # steps between periodic validations (on `val_tokens`)
+    val_tokens: int = opt(65_536, lo=1)  # periodic validation sample, spread over the held-out split
+    final_val_tokens: int = opt(0, lo=0)  # the final validation; 0: the whole held-out split
     compile: bool = False  # torch.compile the training forward
-    time_budget_s: float = 580.0  # >0: stop after this many seconds of training (validation excluded); the
+    time_budget_s: float = opt(580.0, lo=0.0)  # >0: stop after this many seconds of training (validation excluded); the
     # cosine then runs on max(step / max_steps, seconds / time_budget_s), so it always completes
     target_val_loss: float = 1.60
-    sample_tokens: int = 200  # a sample printed to the log at the end (0: none)
-    threads: int = 0  # torch threads (0: leave torch's default)
+    sample_tokens: int = opt(200, lo=0)  # a sample printed to the log at the end (0: none)
+    threads: int = opt(0, lo=0)  # torch threads (0: leave torch's default)
 
 
 def cosine_lr(step: int, max_steps: int, warmup: int, lr: float, min_lr: float, progress: float = 0.0) -> float:
