@@ -3,10 +3,12 @@
     python datasets/brain_mri_patches.py                    # builds data/brain_mri_patches.npz (one-time)
     python recipes/finetune.py --init runs/clip/model --data brain_mri --method lora
     python recipes/finetune.py --init vit-test --data my_medmnist.npz --method full label_fraction=0.1 weighted_loss=true
+    python recipes/finetune.py --init runs/clip/model --data my_xrays/ --method lora     # an ImageFolder
 
-`--data`: a MedMNIST-layout .npz (task kind and label names from keys in the file or medmnist.INFO by
-file name), `brain_mri`, `digits` or `animals`. Early stopping on the validation loss; the best
-validation checkpoint is restored before testing. Writes <out>/model (a plain mmfm ViT with the task
+`--data` (and `--val-data`, `--test-data`): an ImageFolder, a CSV of path,label, a MedMNIST-layout .npz, a
+DICOM or NIfTI folder with labels.csv, or `brain_mri`, `digits`, `animals` (mmfm.data.labelled; docs/data.md).
+Without --val-data / --test-data those splits are drawn from --data by --seed (val_fraction, test_fraction).
+Early stopping on the validation loss; the best validation checkpoint is restored before testing. Writes <out>/model (a plain mmfm ViT with the task
 head, LoRA merged: mmfm.build_model(<out>/model)), <out>/metrics.json (flat keys: val/..., test/...),
 confusion_{val,test}.png, loss.png, logs/ and checkpoints/.
 """
@@ -48,7 +50,9 @@ class FinetuneTrain:
     val_every: int = opt(50, lo=1)  # steps between validations
     val_subset: int = 1024  # validation images (a fixed random subset) checked during training; 0: all
     patience: int = 4  # validations without a better val/loss before stopping
-    img_size: int = 0  # 0: the backbone's own input size
+    val_fraction: float = 0.1  # of --data, when no --val-data (folder formats; an .npz keeps its splits)
+    test_fraction: float = 0.2  # of --data, when no --test-data
+    max_bad_fraction: float = 0.05  # unreadable image files are skipped and counted; more than this stops the run
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     progress: bool = True  # the progress bar (off for grids of runs)
 
@@ -56,7 +60,10 @@ class FinetuneTrain:
 def build_parser():
     p = recipe_parser(__doc__.splitlines()[0], "vit-test", 1000, "runs/finetune")
     p.add_argument("--init", dest="preset", help="the backbone: a preset or saved folder (same as --preset)")
-    p.add_argument("--data", default="brain_mri", help="a MedMNIST-layout .npz, brain_mri, digits or animals")
+    p.add_argument("--data", default="brain_mri", help="ImageFolder, path,label CSV, .npz, DICOM/NIfTI folder with "
+                   "labels.csv, or brain_mri, digits, animals")
+    p.add_argument("--val-data", default=None, help="validation images (same formats; default: split from --data)")
+    p.add_argument("--test-data", default=None, help="test images (same formats; default: split from --data)")
     p.add_argument("--method", default="linear", choices=METHODS)
     p.add_argument("--from-scratch", action="store_true", help="same architecture, random initial weights")
     return p
@@ -64,8 +71,7 @@ def build_parser():
 
 def make_inputs(task, vit_cfg, stats, train: FinetuneTrain, seed: int):
     """{split: (images, targets)} with the training split cut to `label_fraction`."""
-    size = train.img_size or vit_cfg.img_size
-    out = {s: (to_backbone_input(task.images[s], size, vit_cfg.in_chans, *stats), task.targets(s))
+    out = {s: (to_backbone_input(task.images[s], vit_cfg.img_size, vit_cfg.in_chans, *stats), task.targets(s))
            for s in ("train", "val", "test")}
     keep = label_subset(out["train"][1], train.label_fraction, seed)
     out["train"] = (out["train"][0][keep], out["train"][1][keep])
@@ -107,8 +113,8 @@ def frozen_features(vit, data) -> dict:
         vit.head = head
 
 
-def fit(args, train: FinetuneTrain, module, data, title: str) -> tuple[int, bool, float]:
-    """Train with early stopping on val/loss, restore the best checkpoint: (steps, stopped early, best val/loss)."""
+def fit(args, train: FinetuneTrain, module, data, title: str):
+    """Train with early stopping on val/loss, restore the best checkpoint: (trainer, stopped early, best val/loss)."""
     from lightning.pytorch.callbacks import EarlyStopping
 
     loader = DataLoader(TensorDataset(*data["train"]), batch_size=min(train.batch_size, len(data["train"][1])),
@@ -119,7 +125,7 @@ def fit(args, train: FinetuneTrain, module, data, title: str) -> tuple[int, bool
                            best_metric="val/loss", num_sanity_val_steps=0, enable_progress_bar=train.progress)
     trainer.fit(module, loader, val_loader, ckpt_path=checkpoint_to_resume(args.resume))
     best = restore_best(trainer, module, val_loader)
-    return trainer.global_step, stop.wait_count >= stop.patience, best
+    return trainer, stop.wait_count >= stop.patience, best
 
 
 def main(argv=None):
@@ -131,13 +137,19 @@ def main(argv=None):
     if train.threads:
         torch.set_num_threads(train.threads)
     torch.manual_seed(args.seed)
-    task = load_task(args.data)
+    size = routed["model"].get("img_size", cfg.img_size)
+    task = load_task(args.data, val_data=args.val_data, test_data=args.test_data, size=size, seed=args.seed,
+                     val_fraction=train.val_fraction, test_fraction=train.test_fraction,
+                     max_bad_fraction=train.max_bad_fraction)  # read and checked before anything is written
     kind = TaskKind(task.kind, task.n_classes)
     lora = dict(lora_rank=train.lora_rank, lora_alpha=train.lora_alpha, lora_dropout=train.lora_dropout)
     model = build_adapted(args.preset, kind.n_outputs, args.method, args.from_scratch,
                           lora if args.method == "lora" else None, **routed["model"])
     vit_cfg = (model.get_base_model() if is_lora(model) else model).config
-    data = make_inputs(task, vit_cfg, pixel_stats(cfg.replace(**routed["model"])), train, args.seed)
+    stats = pixel_stats(cfg.replace(**routed["model"]))
+    data = make_inputs(task, vit_cfg, stats, train, args.seed)
+    log.info("pixels: %s -> backbone input %dx%d, %d channel(s), normalised by mean %s std %s", task.chain,
+             vit_cfg.img_size, vit_cfg.img_size, vit_cfg.in_chans, stats[0], stats[1])
     if train.weighted_loss:
         kind.weight = balanced_weights(data["train"][1], kind.kind, kind.n_classes)
     log.info("%s on %s (%s, %d classes): %d train / %d val / %d test, %s", args.method, task.name, kind.kind,
@@ -149,11 +161,15 @@ def main(argv=None):
         net, inputs = model.head, frozen_features(model, data)
     lr = train.lr if train.lr is not None else METHOD_LR[args.method]
     module = AdaptTask(net, kind, lr, train.weight_decay, train.warmup_steps, args.max_steps)
-    steps, stopped, best_val_loss = fit(args, train, module, inputs, f"{args.method} on {task.name}")
+    trainer, stopped, best_val_loss = fit(args, train, module, inputs, f"{args.method} on {task.name}")
+    if not trainer.is_global_zero:
+        return {}
+    net.to(trainer.strategy.root_device)  # Lightning moved it back to the CPU after fit
     metrics = {**evaluate(net, kind, inputs, task.label_names, Path(args.out)), "val/best_loss": best_val_loss,
-               "steps": steps, "stopped_early": stopped, "method": args.method, "init": str(args.preset),
+               "steps": trainer.global_step, "stopped_early": stopped, "method": args.method, "init": str(args.preset),
                "from_scratch": args.from_scratch, "data": task.name, "kind": kind.kind,
-               "label_fraction": train.label_fraction, "n_train": len(data["train"][1]), **count_params(model)}
+               "label_fraction": train.label_fraction, "n_train": len(data["train"][1]), **count_params(model),
+               "format": task.format, **{f"split/{k}": v for k, v in task.sizes.items()}}
     return finish(args, merge_lora(model), metrics, timer)
 
 

@@ -1,48 +1,22 @@
-"""Tasks for fine-tuning: a MedMNIST-layout .npz (path or built dataset name) or the offline 28x28
-sets, the training-label subset for label-efficiency runs, and images brought to a backbone's input."""
+"""Tasks for fine-tuning (read by mmfm.data.labelled: a user's ImageFolder, CSV, .npz, DICOM/NIfTI folder, or a
+built-in set), the training-label subset for label-efficiency runs, and images brought to a backbone's input."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.medical import NpzTask, load_npz
-from ..data.sources import ANIMAL_NAMES, DIGIT_NAMES, load_animals, load_mnist5k, split_indices
-
-# datasets built by scripts in datasets/ (name -> (file under data/, the command that builds it))
-BUILT = {"brain_mri": ("data/brain_mri_patches.npz", "python datasets/brain_mri_patches.py")}
-OFFLINE = {"digits": (load_mnist5k, DIGIT_NAMES), "animals": (load_animals, ANIMAL_NAMES)}
+from ..data.labelled import BUILT, OFFLINE, load_labelled, offline_task  # noqa: F401 (re-exported)
+from ..data.medical import NpzTask
 
 
-def offline_task(name: str, val_fraction: float = 0.1, seed: int = 0) -> NpzTask:
-    """MNIST-5k or animals as a 3-split task: the held-out 20% by image index (split_indices, as the
-    other recipes) is the test split; `val_fraction` of the rest is the validation split."""
-    loader, names = OFFLINE[name]
-    x, y = loader()
-    train_idx, test_idx = split_indices(len(x), 0.2, seed)
-    fit_idx, val_idx = (train_idx[i] for i in split_indices(len(train_idx), val_fraction, seed + 1))
-    pick = {"train": fit_idx, "val": val_idx, "test": test_idx}
-    return NpzTask({s: x[i] for s, i in pick.items()}, {s: y[i][:, None] for s, i in pick.items()},
-                   "multiclass", list(names), name)
-
-
-def load_task(data: str | os.PathLike, root: str | os.PathLike = ".") -> NpzTask:
-    """`data`: a .npz path, a built dataset name (BUILT) or an offline set (digits, animals)."""
-    text = os.fspath(data)
-    if text in OFFLINE:
-        return offline_task(text)
-    if text in BUILT:
-        rel, command = BUILT[text]
-        path = Path(root) / rel
-        if not path.is_file():
-            raise FileNotFoundError(f"--data {text}: {path} is missing; build it with: {command}")
-        return load_npz(path)
-    if text.endswith(".npz") or Path(text).is_file():
-        return load_npz(text)
-    raise ValueError(f"--data {text!r}: give a .npz path or one of {sorted(BUILT) + sorted(OFFLINE)}")
+def load_task(data: str | os.PathLike, root: str | os.PathLike = ".", **kw) -> NpzTask:
+    """`data`: any labelled-image path mmfm.data.labelled reads (ImageFolder, CSV of path,label, MedMNIST .npz,
+    DICOM/NIfTI folder with labels.csv) or a built-in name (digits, animals, brain_mri); `kw`: val_data,
+    test_data, size, val_fraction, test_fraction, seed, max_bad_fraction (see load_labelled)."""
+    return load_labelled(data, root, **kw)
 
 
 def label_subset(targets: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
@@ -70,9 +44,15 @@ def pixel_stats(cfg) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def to_backbone_input(images: np.ndarray, img_size: int, in_chans: int, mean, std) -> torch.Tensor:
-    """uint8 (N, H, W[, C]) -> float (N, C', img_size, img_size), normalised; RGB is averaged to grey
-    for a 1-channel backbone (a grey image for a 3-channel one is repeated by the ViT itself)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float() / 255.0
+    """uint8 (N, H, W[, C]) / 255, or float in [0, 1] as it is (mmfm.data.labelled.PixelScale brings other values
+    there) -> float (N, C', img_size, img_size), normalised; RGB is averaged to grey for a 1-channel backbone (a
+    grey image for a 3-channel one is repeated by the ViT itself)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float()
+    if images.dtype == np.uint8:
+        x = x / 255.0
+    elif x.numel() and (x.min() < 0 or x.max() > 1 or not images.dtype.kind == "f"):
+        raise ValueError(f"images: {images.dtype} values in [{x.min().item():g}, {x.max().item():g}]; expected uint8 "
+                         "or float in [0, 1] (mmfm.data.labelled.PixelScale scales other values)")
     x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)  # (N, C, H, W)
     if x.shape[1] == 3 and in_chans == 1:
         x = x.mean(1, keepdim=True)  # (N, 1, H, W)

@@ -9,6 +9,7 @@ import logging
 import os
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from ..models.clip import CLIP
@@ -38,9 +39,26 @@ def load_backbone(init: str | os.PathLike, from_scratch: bool = False, **overrid
     """The image backbone of a preset or saved folder; `from_scratch` builds the same architecture
     with freshly initialised weights (the baseline a pretrained backbone must beat)."""
     if not from_scratch:
-        return image_backbone(build_model(init, **overrides))
+        size = overrides.pop("img_size", None) if (Path(init) / "config.json").is_file() else None
+        vit = image_backbone(build_model(init, **overrides))
+        return vit if size is None else resize_input(vit, size)
     cfg = source_config(init, **overrides)
     return image_backbone(model_class(cfg.family)(cfg))
+
+
+def resize_input(vit: ViT, img_size: int) -> ViT:
+    """A loaded ViT set to a new input size, in place: its position table resampled (bicubic) to the new grid,
+    as the forward pass does for other sizes, so `config.img_size` and the saved folder agree."""
+    if img_size == vit.config.img_size:
+        return vit
+    cfg = vit.config.replace(img_size=img_size)  # checks divisibility by the patch size
+    with torch.no_grad():
+        pos = vit._pos(cfg.grid, cfg.grid)  # (1, n_prefix + grid * grid, dim)
+    vit.pos_embed = nn.Parameter(pos.clone(), requires_grad=vit.pos_embed.requires_grad)
+    log.info("backbone input %d -> %d px: position table resampled to a %dx%d grid", vit.config.img_size,
+             img_size, cfg.grid, cfg.grid)
+    vit.config = cfg
+    return vit
 
 
 def attach_head(vit: ViT, n_outputs: int) -> ViT:

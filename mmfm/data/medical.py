@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,9 @@ class NpzTask:
     kind: str
     label_names: list[str]
     name: str = ""
+    format: str = "npz"  # the layout it was read from (mmfm.data.labelled names them)
+    sizes: dict[str, int] = field(default_factory=dict)  # split sizes and duplicates dropped (metrics.json)
+    chain: str = ""  # the pixel chain, in words, as logged once
 
     @property
     def n_classes(self) -> int:
@@ -103,11 +107,25 @@ def load_npz(path: str | os.PathLike, flag: str | None = None) -> NpzTask:
         if missing:
             raise ValueError(f"{path} lacks {missing}: the MedMNIST layout has {{train,val,test}}_{{images,labels}}")
         images = {s: arrays[f"{s}_images"] for s in SPLITS}
-        labels = {s: arrays[f"{s}_labels"].reshape(len(images[s]), -1) for s in SPLITS}  # (N, L)
+        labels = {s: _label_rows(path, s, arrays[f"{s}_labels"], images[s]) for s in SPLITS}  # (N, L)
         kind, names, name = _metadata(path, arrays, flag, labels["train"])
+    if any(y.shape[1] > 1 for y in labels.values()) and kind != "multilabel":
+        width = max(y.shape[1] for y in labels.values())
+        raise ValueError(f"{path}: labels have {width} columns per image but the task is {kind}: one label per "
+                         "image expected (several columns only for a multi-label task)")
     if kind not in TASK_KINDS:
         raise ValueError(f"task kind {kind!r} not in {TASK_KINDS}")
     return NpzTask(images, labels, kind, names, name)
+
+
+def _label_rows(path: Path, split: str, labels: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """A split's labels as (N, L) rows, one per image; a count that does not match the images fails."""
+    if images.ndim not in (3, 4):
+        raise ValueError(f"{path}: {split}_images has shape {images.shape}; expected (N, H, W) or (N, H, W, C)")
+    if labels.ndim == 0 or labels.ndim > 2 or labels.shape[0] != len(images):
+        raise ValueError(f"{path}: {split}_labels has shape {labels.shape} for {len(images)} images in "
+                         f"{split}_images; expected ({len(images)},) or ({len(images)}, L)")
+    return labels.reshape(len(images), -1)
 
 
 def save_npz(path: str | os.PathLike, images: dict, labels: dict, kind: str | None = None,
@@ -146,6 +164,29 @@ def window(values: np.ndarray, center: float, width: float) -> np.ndarray:
         raise ValueError(f"window width must be > 0, got {width}")
     lo = center - width / 2
     return np.clip((values - lo) / width, 0.0, 1.0).astype(np.float32)
+
+
+def scale_intensity_range(values: np.ndarray, a_min: float, a_max: float, b_min: float = 0.0, b_max: float = 1.0,
+                          clip: bool = True) -> np.ndarray:
+    """MONAI's ScaleIntensityRange: [a_min, a_max] -> [b_min, b_max] linearly (clipped), float32."""
+    if not a_max > a_min:
+        raise ValueError(f"intensity range needs a_max > a_min, got [{a_min}, {a_max}]")
+    out = (np.asarray(values, np.float32) - a_min) / (a_max - a_min) * (b_max - b_min) + b_min
+    return np.clip(out, min(b_min, b_max), max(b_min, b_max)) if clip else out
+
+
+def dicom_window(ds) -> tuple[float, float] | None:
+    """(center, width) of a DICOM's first VOI window (WindowCenter/WindowWidth), or None when it has none."""
+    center, width = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
+    if center is None or width is None:
+        return None
+    center, width = _first(center), _first(width)
+    return (center, width) if width > 0 else None
+
+
+def _first(value) -> float:
+    """A DICOM value that may be multi-valued (several windows): its first entry as a float."""
+    return float(value[0]) if isinstance(value, Sequence) and not isinstance(value, str) else float(value)
 
 
 def _slice_position(ds) -> float:
