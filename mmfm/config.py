@@ -11,10 +11,12 @@ from typing import Any, ClassVar
 
 
 def opt(default: Any, lo: float | None = None, hi: float | None = None, choices: tuple | None = None,
-        finite: bool = True):
-    """A config field with a checked range (lo <= v <= hi) or a set of choices. Float values (and the floats
-    in a tuple) must be finite unless `finite=False`; fields declared without `opt` are held to the same rule."""
-    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "finite": finite})
+        finite: bool = True, gt: float | None = None, lt: float | None = None):
+    """A config field with a checked range (lo <= v <= hi, or strictly gt < v < lt) or a set of choices. Float
+    values (and the floats in a tuple) must be finite unless `finite=False`; fields declared without `opt` are
+    held to the same rule."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "finite": finite,
+                                            "gt": gt, "lt": lt})
 
 
 class ConfigError(ValueError):
@@ -64,14 +66,17 @@ def check_value(owner: str, f: dataclasses.Field, tp, v) -> None:
     """`v` fits field `f` (declared type `tp`) of dataclass `owner`: type, choices, finiteness, range."""
     if not _accepts(tp, v):
         raise ConfigError(f"{owner}.{f.name} must be {tp.__name__ if isinstance(tp, type) else tp}, got {v!r} ({type(v).__name__})")
-    lo, hi, choices = (f.metadata.get(k) for k in ("lo", "hi", "choices"))
+    lo, hi, gt, lt, choices = (f.metadata.get(k) for k in ("lo", "hi", "gt", "lt", "choices"))
     if choices is not None and v not in choices:
         raise ConfigError(f"{owner}.{f.name}={v!r} not in {choices}")
     for x in _numbers(v):
         if f.metadata.get("finite", True) and not math.isfinite(x):
             raise ConfigError(f"{owner}.{f.name}={v!r}: must be a finite number")
-        if (lo is not None and x < lo) or (hi is not None and x > hi):
-            raise ConfigError(f"{owner}.{f.name}={v!r} out of range [{lo}, {hi}]")
+        if ((lo is not None and x < lo) or (hi is not None and x > hi) or (gt is not None and x <= gt)
+                or (lt is not None and x >= lt)):
+            low = f"({gt}" if gt is not None else f"[{lo}" if lo is not None else "(-inf"
+            high = f"{lt})" if lt is not None else f"{hi}]" if hi is not None else "inf)"
+            raise ConfigError(f"{owner}.{f.name}={v!r} out of range {low}, {high}")
 
 
 def check_fields(obj, names=None) -> None:
@@ -80,6 +85,27 @@ def check_fields(obj, names=None) -> None:
     for f in dataclasses.fields(obj):
         if names is None or f.name in names:
             check_value(type(obj).__name__, f, hints[f.name], getattr(obj, f.name))
+
+
+def _hints(cls) -> dict:
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation its module cannot resolve: check what is a plain type
+        return {f.name: f.type for f in dataclasses.fields(cls) if isinstance(f.type, type)}
+
+
+def checked_override(obj, name: str, value):
+    """`value` made fit for field `name` of dataclass instance `obj` (a JSON list -> tuple, an int -> float, a
+    number -> text for a str field, since `key=2024` parses as a number) and checked like a config field."""
+    f = next(f for f in dataclasses.fields(obj) if f.name == name)
+    tp = _hints(type(obj)).get(name)
+    if tp is None:
+        return value
+    if _accepts(tp, "") and not _accepts(tp, value) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    value = _coerce(tp, value)
+    check_value(type(obj).__name__, f, tp, value)
+    return value
 
 
 @dataclass
