@@ -2,6 +2,8 @@
 
     gpt = from_hf_gpt2(hf_model)            # a GPT2LMHeadModel, or
     gpt = from_hf_gpt2("path/to/gpt2")      # a local folder: config.json + model.safetensors (no download)
+    gpt = from_hf_gpt2(hf_model, tokenizer="gpt2/tokenizer.json")  # keeps GPT-2's tokenizer (a folder's own
+                                            # tokenizer.json is picked up); saved with the model, used by generate
     hf = to_hf_gpt2(gpt)                    # a transformers GPT2LMHeadModel
 
 GPT-2's Conv1D layers store weights as (in, out): they are transposed to nn.Linear's (out, in).
@@ -68,16 +70,23 @@ def _load_folder(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return json.loads((path / "config.json").read_text()), load_file(str(weights))
 
 
-def from_hf_gpt2(model_or_folder) -> GPT:
-    """An mmfm GPT with the weights of a GPT2LMHeadModel (or GPT2Model) or of a local GPT-2 folder."""
+def from_hf_gpt2(model_or_folder, tokenizer=None) -> GPT:
+    """An mmfm GPT with the weights of a GPT2LMHeadModel (or GPT2Model) or of a local GPT-2 folder, and with
+    `tokenizer` (a tokenizer.json path or an mmfm tokenizer; default: the folder's tokenizer.json, if any)."""
     if isinstance(model_or_folder, (str, os.PathLike)):
         hf_cfg, sd = _load_folder(Path(model_or_folder))
+        if tokenizer is None and (Path(model_or_folder) / "tokenizer.json").is_file():
+            tokenizer = Path(model_or_folder) / "tokenizer.json"
     else:
         hf_cfg, sd = model_or_folder.config.to_dict(), model_or_folder.state_dict()
     cfg = config_from_hf(hf_cfg)
     gpt = GPT(cfg)
     state = hf_to_mmfm_state(sd, cfg.n_layer, cfg.tie_weights or "lm_head.weight" not in sd)
     gpt.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
+    if tokenizer is not None:
+        from ..tokenizers.hf import attach_tokenizer
+
+        attach_tokenizer(gpt, tokenizer)
     return gpt
 
 
