@@ -2,7 +2,7 @@
 # The four alignment stages end to end on CPU, then the plots:
 #   base (pretrain) -> SFT -> preference pairs + reward model -> PPO and DPO -> docs/img/align_*.png
 #   bash recipes/align_all.sh                  # runs/align, the numbers in docs/results.md (align)
-#   OUT=runs/align_smoke SMOKE=1 bash recipes/align_all.sh   # a tiny run of every stage (~2 min)
+#   OUT=runs/align_smoke SMOKE=1 bash recipes/align_all.sh   # a tiny run of every stage (~1 min)
 # IMG=docs/img writes the plots there (align_accuracy.png, align_rm.png, align_ppo.png); default $OUT/img.
 # Prints the wall time of each stage and of the whole pipeline.
 set -euo pipefail
@@ -17,12 +17,15 @@ else
 fi
 START=$SECONDS
 stage() { local t=$SECONDS; "$@"; echo "align_all: $2 done in $((SECONDS - t)) s (total $((SECONDS - START)) s)"; }
-rm -f "$OUT/pairs.json"  # pairs are made from this run's SFT model, never reused from an older run
+# Each stage without --data writes the built-in task's files under its --out/data (TRL's JSONL shapes) and reads
+# them back; the reward model's run samples the preference pairs from this run's SFT model, and DPO trains on them.
+PAIRS=(--data "$OUT/rm/data/preferences.jsonl" --val-data "$OUT/rm/data/preferences_heldout.jsonl")
 stage python recipes/align_pretrain.py --out "$OUT/base" "${PRE[@]}"
 stage python recipes/sft.py --init "$OUT/base/model" --out "$OUT/sft" "${SFT[@]}"
-stage python recipes/reward_model.py --sft "$OUT/sft/model" --pairs "$OUT/pairs.json" --out "$OUT/rm" "${RM[@]}"
-stage python recipes/ppo.py --init "$OUT/sft/model" --reward "$OUT/rm/model" --out "$OUT/ppo" "${PPO[@]}"
-stage python recipes/dpo.py --init "$OUT/sft/model" --pairs "$OUT/pairs.json" --out "$OUT/dpo" "${DPO[@]}"
+stage python recipes/reward_model.py --sft "$OUT/sft/model" --out "$OUT/rm" "${RM[@]}"
+stage python recipes/ppo.py --init "$OUT/sft/model" reward="$OUT/rm/model,mmfm.align.rewards:exact_match" \
+  reward_weights=[1,0] --out "$OUT/ppo" "${PPO[@]}"
+stage python recipes/dpo.py --init "$OUT/sft/model" "${PAIRS[@]}" --out "$OUT/dpo" "${DPO[@]}"
 python -m mmfm.align.report "$OUT" "${IMG:-$OUT/img}"
 python -m mmfm.align.confirm "$OUT"  # the 808 held-out problems no setting was chosen on
 echo "align_all: whole pipeline $((SECONDS - START)) s wall"

@@ -21,6 +21,7 @@ import mmfm
 from mmfm.align.chat import build_tokenizer
 from mmfm.align.data import Windows, chat_collate
 from mmfm.align.rollout import evaluate
+from mmfm.align.run import fit
 from mmfm.align.splits import heldout_problems
 from mmfm.align.task import corpus
 from mmfm.align.tasks import LMTask
@@ -66,7 +67,8 @@ def main(argv=None):
     hist = LossHistory(args.out, prefixes=("train/loss",), title="align: pretraining")
     timer = Timer()
     trainer = make_trainer(args, callbacks=[hist], limit_val_batches=0)
-    trainer.fit(task, loader)
+    if not fit(trainer, task, args, loader):
+        return {}
     heldout = heldout_problems("eval", train.n_eval)
     metrics = {"heldout": evaluate(model, tok, heldout), "heldout_qa_format": evaluate(model, tok, heldout, style="qa"),
                "train/loss": float(trainer.callback_metrics["train/loss"]), "steps": trainer.global_step}

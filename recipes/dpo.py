@@ -1,27 +1,36 @@
-"""Stage 2b of alignment: DPO (or IPO) on the same preference pairs as the reward model.
+"""Stage 2b of alignment: DPO (or IPO) on preference pairs.
 
-    python recipes/dpo.py --init runs/align/sft/model --pairs runs/align/pairs.json --out runs/align/dpo
+    python recipes/dpo.py --init runs/align/sft/model --data runs/align/rm/data/preferences.jsonl --out runs/align/dpo
+    python recipes/dpo.py --init runs/my_sft/model --data prefs.jsonl --out runs/my_dpo          # your pairs
     python recipes/dpo.py ... nll_alpha=0 --out runs/align/dpo_plain     # plain DPO, no NLL term
     python recipes/dpo.py ... loss=ipo beta=0.5 --out runs/align/ipo
 
-The policy and the frozen reference both start from the SFT model; the reference's log-probs of every
-chosen and rejected response are computed once before training and cached. By default the loss adds
+--data is JSONL with prompt/chosen/rejected, plain or conversational (or TRL's implicit-prompt shape); without
+it the built-in task's pairs are sampled from the --init model as the reward-model recipe does (PairConfig) and
+written to <out>/data. The policy and the frozen reference both start from --init; the reference's log-probs of
+every chosen and rejected response are computed once before training and cached. By default the loss adds
 `nll_alpha` x the per-token NLL of the chosen response (RPO; TRL's `rpo_alpha`): the chosen and rejected
-answers share almost every token, and plain DPO raised their log-ratio margin by pushing both down. Writes <out>/model and
-<out>/metrics.json (held-out accuracy greedy and at temperature 1, and the KL to the SFT model).
+answers share almost every token, and plain DPO raised their log-ratio margin by pushing both down. Writes
+<out>/model, <out>/loss.png and <out>/metrics.json: the held-out pairs' implicit-reward accuracy (--val-data or a
+split of --data), the KL to the reference on held-out prompts, and for the built-in task held-out task
+accuracy greedy and at temperature 1 (when the records carry the task's columns a, op, b).
 """
 from __future__ import annotations
 
 import copy
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 import mmfm
-from mmfm.align.data import PairConfig, Pairs, pair_collate, preference_pairs
-from mmfm.align.rollout import evaluate, kl_to_reference, response_logprobs
+from mmfm.align.builtin import PairConfig, problem_of, write_preferences
+from mmfm.align.chat import encode_turns
+from mmfm.align.data import Pairs, pair_collate
+from mmfm.align.formats import add_data_args, read_preferences, train_val
+from mmfm.align.rollout import evaluate, kl_to_reference, rows_logprobs
+from mmfm.align.run import builtin_only, fit, train_loader
 from mmfm.align.splits import heldout_problems
 from mmfm.align.tasks import DPOTask
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
@@ -30,43 +39,65 @@ log = logging.getLogger("dpo")
 
 
 @dataclass
-class DPOConfig(PairConfig):  # the pair fields only matter if the pairs file must be made here
+class DPOConfig(PairConfig):  # the pair fields shape the built-in task's pairs only
     loss: str = "dpo"  # or "ipo"
     beta: float = 0.1
     nll_alpha: float = 1.0  # RPO: + alpha * per-token NLL of the chosen response (0: plain DPO / IPO)
+    val_fraction: float = 0.1  # --data without --val-data: the share held out
     batch_size: int = 32
     lr: float = 2e-5
     weight_decay: float = 0.0
     warmup: int = 10
-    n_eval: int = 400
+    n_eval: int = 400  # built-in task's pairs (records with a, op, b): held-out problems for accuracy and the KL
+
+
+def reference_logprobs(model, pairs: Pairs, pad: int) -> torch.Tensor:
+    """log model(chosen), log model(rejected) of every pair -> (N, 2)."""
+    return torch.stack([rows_logprobs(model, [r[k] for r in pairs.rows], pad) for k in (0, 1)], 1)
+
+
+def heldout_metrics(policy, reference, tok, pairs: Pairs, prompts: list[list[int]]) -> dict:
+    """Implicit-reward accuracy (the policy/reference log-ratio prefers chosen) on held-out pairs, and the KL."""
+    ratio = reference_logprobs(policy, pairs, tok.pad_id) - reference_logprobs(reference, pairs, tok.pad_id)
+    return {"reward_acc": float((ratio[:, 0] > ratio[:, 1]).float().mean()), "n": len(pairs),
+            "kl_to_reference": kl_to_reference(policy, reference, tok, prompts)}
 
 
 def main(argv=None):
     setup_logging()
     parser = recipe_parser(__doc__.splitlines()[0], "", 150, "runs/align/dpo")
     parser.add_argument("--init", default="runs/align/sft/model", help="SFT model folder (policy and reference)")
-    parser.add_argument("--pairs", default="runs/align/pairs.json", help="preference pairs (made if missing)")
+    add_data_args(parser, "preference pairs")
     args = parse_args(parser, argv)
     cfg = DPOConfig(**split_overrides(args.overrides, train=DPOConfig())["train"])
+    builtin_only(args, ("n_prompts", "n_heldout_prompts", "samples", "pairs_per_prompt"))
+    if cfg.loss not in ("dpo", "ipo"):
+        raise mmfm.config.ConfigError(f"loss={cfg.loss!r}: expected 'dpo' or 'ipo'")
     torch.manual_seed(args.seed)
     timer = Timer()
     policy = mmfm.build_model(args.init)
     tok, reference = policy.tokenizer, copy.deepcopy(policy).eval().requires_grad_(False)
-    pairs = preference_pairs(args.pairs, policy, tok, cfg, args.seed)["train"]
-    prompts = [q["prompt"] for q in pairs]
-    ref_logps = torch.stack([response_logprobs(reference, tok, prompts, [q[k] for q in pairs])
-                             for k in ("chosen", "rejected")], 1)  # (N, 2), computed once
-    loader = DataLoader(Pairs(tok, pairs), batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                        collate_fn=pair_collate(tok.pad_id), generator=torch.Generator().manual_seed(args.seed))
-    task = DPOTask(policy, ref_logps, cfg.beta, cfg.loss, cfg.lr, cfg.weight_decay, cfg.warmup, args.max_steps,
-                   cfg.nll_alpha)
+    data, val_data = args.data, args.val_data
+    if not data:
+        data, val_data = write_preferences(Path(args.out) / "data", policy, tok, cfg, args.seed)
+    train, heldout, sizes = train_val(data, val_data, read_preferences, cfg.val_fraction, args.seed)
+    pairs, val_pairs = Pairs(tok, train, policy.config.block_size), Pairs(tok, heldout, policy.config.block_size)
+    task = DPOTask(policy, reference_logprobs(reference, pairs, tok.pad_id), cfg.beta, cfg.loss, cfg.lr,
+                   cfg.weight_decay, cfg.warmup, args.max_steps, cfg.nll_alpha)
     hist = LossHistory(args.out, prefixes=("train/loss", "train/reward_acc"), title=f"align: {cfg.loss.upper()}")
-    make_trainer(args, callbacks=[hist], limit_val_batches=0, log_every_n_steps=5).fit(task, loader)
-    heldout = heldout_problems("eval", cfg.n_eval)
-    metrics = {"heldout": evaluate(policy, tok, heldout), "heldout_t1": evaluate(policy, tok, heldout, temperature=1.0),
-               "kl_to_sft": kl_to_reference(policy, reference, tok, heldout), "loss": cfg.loss, "beta": cfg.beta,
-               "nll_alpha": cfg.nll_alpha, "lr": cfg.lr,
-               "pairs": len(pairs), "steps": args.max_steps}
+    trainer = make_trainer(args, callbacks=[hist], limit_val_batches=0, log_every_n_steps=5)
+    if not fit(trainer, task, args, train_loader(pairs, cfg.batch_size, pair_collate(tok.pad_id), args.seed)):
+        return {}
+    reference.to(trainer.strategy.root_device)
+    metrics = {"loss": cfg.loss, "beta": cfg.beta, "nll_alpha": cfg.nll_alpha, "lr": cfg.lr, "pairs": len(pairs),
+               "steps": trainer.global_step, "data": sizes}
+    if len(val_pairs):
+        prompts = [encode_turns(tok, e.turns, add_generation_prompt=True)[0] for e in heldout]
+        metrics["heldout_pairs"] = heldout_metrics(policy, reference, tok, val_pairs, prompts)
+    if all(problem_of(e.extra) for e in train):  # the built-in task's pairs (columns a, op, b)
+        problems = heldout_problems("eval", cfg.n_eval)
+        metrics.update(heldout=evaluate(policy, tok, problems), heldout_t1=evaluate(policy, tok, problems, temperature=1.0),
+                       kl_to_sft=kl_to_reference(policy, reference, tok, problems))
     return finish(args, policy, metrics, timer)
 
 

@@ -1,30 +1,38 @@
 """Stage 2a of alignment: a reward model (GPT backbone + scalar head) trained with Bradley-Terry on
 preference pairs; reports held-out pairwise accuracy.
 
-    python recipes/reward_model.py --sft runs/align/sft/model --pairs runs/align/pairs.json --out runs/align/rm
-    python recipes/reward_model.py --sft runs/align_smoke/sft/model --pairs runs/align_smoke/pairs.json \
-        --max-steps 5 n_prompts=32 n_heldout_prompts=16 --out runs/align_smoke/rm                    # smoke
+    python recipes/reward_model.py --sft runs/align/sft/model --out runs/align/rm         # the built-in task
+    python recipes/reward_model.py --sft runs/my_sft/model --data prefs.jsonl --out runs/my_rm    # your pairs
+    python recipes/reward_model.py --sft runs/align_smoke/sft/model --max-steps 5 n_prompts=32 \
+        n_heldout_prompts=16 --out runs/align_smoke/rm                                              # smoke
 
-The pairs (made once, reused by DPO) come from sampling the SFT model `samples` times per prompt at
-temperature 1 and ranking the distinct samples with the rule labeller (mmfm.align.task.prefer): correct
-beats wrong, an answer beats a question, concise beats rambling; at most `pairs_per_prompt` strict pairs
-are kept per prompt (mmfm.align.data.PairConfig). Held-out pairs come from held-out prompts.
-The reward model's backbone starts from the SFT weights. Writes <out>/model (GPT folder +
-head.safetensors) and <out>/metrics.json.
+--data is JSONL with prompt/chosen/rejected, plain or conversational (or TRL's implicit-prompt shape); the
+held-out pairs are --val-data or a deterministic split of --data (val_fraction, by --seed). Without --data the
+built-in task samples the SFT model `samples` times per prompt at temperature 1, ranks the distinct samples with
+the rule labeller (mmfm.align.task.prefer: correct beats wrong, an answer beats a question, concise beats
+rambling), keeps at most `pairs_per_prompt` strict pairs per prompt (mmfm.align.builtin.PairConfig), writes them
+to <out>/data/preferences.jsonl and preferences_heldout.jsonl (DPO can take the same files) and reads them back;
+held-out pairs come from held-out prompts, and their accuracy is also broken down by the labeller's reason.
+The backbone starts from the SFT weights. Writes <out>/model (GPT folder + head.safetensors), <out>/loss.png and
+<out>/metrics.json.
 """
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 import mmfm
-from mmfm.align.data import PairConfig, Pairs, pair_collate, preference_pairs, problem_of
+from mmfm.align.builtin import PairConfig, problem_of, write_preferences
+from mmfm.align.data import Pairs, pair_collate
+from mmfm.align.formats import Example, add_data_args, read_preferences, train_val
 from mmfm.align.heads import RewardModel
-from mmfm.align.rollout import reward_scores
+from mmfm.align.rollout import rows_scores
+from mmfm.align.run import builtin_only, fit, train_loader
 from mmfm.align.task import pair_kind
 from mmfm.align.tasks import RewardTask
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
@@ -33,7 +41,8 @@ log = logging.getLogger("reward_model")
 
 
 @dataclass
-class RMConfig(PairConfig):
+class RMConfig(PairConfig):  # the pair fields shape the built-in task's pairs only
+    val_fraction: float = 0.1  # --data without --val-data: the share held out
     batch_size: int = 32
     lr: float = 2e-4
     weight_decay: float = 0.0
@@ -41,15 +50,16 @@ class RMConfig(PairConfig):
     val_every: int = 50
 
 
-def pairwise_accuracy(rm, tok, pairs: list[dict]) -> dict[str, float]:
-    """Fraction of pairs where r(chosen) > r(rejected), overall and by the labeller's reason."""
-    prompts = [q["prompt"] for q in pairs]
-    wins = reward_scores(rm, tok, prompts, [q["chosen"] for q in pairs]) > reward_scores(
-        rm, tok, prompts, [q["rejected"] for q in pairs])
+def pairwise_accuracy(rm, tok, examples: list[Example], pairs: Pairs) -> dict[str, float]:
+    """Fraction of pairs where r(chosen) > r(rejected), overall and (built-in task) by the labeller's reason."""
+    wins = rows_scores(rm, [r[0][0] for r in pairs.rows], tok.pad_id) > rows_scores(
+        rm, [r[1][0] for r in pairs.rows], tok.pad_id)
+    out = {"acc": float(wins.float().mean()), "n": len(examples)}
     by_kind = defaultdict(list)
-    for q, w in zip(pairs, wins.tolist()):
-        by_kind[pair_kind(problem_of(q), q["chosen"], q["rejected"])].append(w)
-    out = {"acc": float(wins.float().mean()), "n": len(pairs)}
+    for e, w in zip(examples, wins.tolist()):
+        problem = problem_of(e.extra)
+        if problem is not None:
+            by_kind[pair_kind(problem, e.chosen[-1].content, e.rejected[-1].content)].append(w)
     out.update({f"acc_{k}": sum(v) / len(v) for k, v in by_kind.items()})
     out.update({f"n_{k}": len(v) for k, v in by_kind.items()})
     return out
@@ -58,27 +68,34 @@ def pairwise_accuracy(rm, tok, pairs: list[dict]) -> dict[str, float]:
 def main(argv=None):
     setup_logging()
     parser = recipe_parser(__doc__.splitlines()[0], "", 600, "runs/align/rm")
-    parser.add_argument("--sft", default="runs/align/sft/model", help="SFT model folder (samples + RM init)")
-    parser.add_argument("--pairs", default="runs/align/pairs.json", help="preference pairs (made if missing)")
+    parser.add_argument("--sft", default="runs/align/sft/model", help="SFT model folder (backbone init; the "
+                        "built-in task also samples its pairs from it)")
+    add_data_args(parser, "preference pairs")
     args = parse_args(parser, argv)
     cfg = RMConfig(**split_overrides(args.overrides, train=RMConfig())["train"])
+    builtin_only(args, ("n_prompts", "n_heldout_prompts", "samples", "pairs_per_prompt"))
     torch.manual_seed(args.seed)
     timer = Timer()
     sft = mmfm.build_model(args.sft)
     tok = sft.tokenizer
-    pairs = preference_pairs(args.pairs, sft, tok, cfg, args.seed)
+    data, val_data = args.data, args.val_data
+    if not data:
+        data, val_data = write_preferences(Path(args.out) / "data", sft, tok, cfg, args.seed)
+    train, heldout, sizes = train_val(data, val_data, read_preferences, cfg.val_fraction, args.seed)
+    train_pairs, val_pairs = Pairs(tok, train, sft.config.block_size), Pairs(tok, heldout, sft.config.block_size)
     rm = RewardModel(sft)
     collate = pair_collate(tok.pad_id)
-    train = DataLoader(Pairs(tok, pairs["train"]), batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                       collate_fn=collate, generator=torch.Generator().manual_seed(args.seed))
-    val = DataLoader(Pairs(tok, pairs["heldout"]), batch_size=128, collate_fn=collate)
-    log.info("%d train pairs, %d held-out pairs", len(pairs["train"]), len(pairs["heldout"]))
+    loader = train_loader(train_pairs, cfg.batch_size, collate, args.seed)
+    val = DataLoader(val_pairs, batch_size=128, collate_fn=collate) if len(val_pairs) else None
+    log.info("%d train pairs, %d held-out pairs", len(train_pairs), len(val_pairs))
     hist = LossHistory(args.out, prefixes=("train/loss", "val/loss", "train/acc", "val/acc"), title="align: reward model")
-    trainer = make_trainer(args, callbacks=[hist], val_every=min(cfg.val_every, len(train)), log_every_n_steps=10,
-                           num_sanity_val_steps=0)
-    trainer.fit(RewardTask(rm, cfg.lr, cfg.weight_decay, cfg.warmup, args.max_steps), train, val)
-    metrics = {"heldout": pairwise_accuracy(rm, tok, pairs["heldout"]), "train": pairwise_accuracy(rm, tok, pairs["train"]),
-               "steps": args.max_steps}
+    trainer = make_trainer(args, callbacks=[hist], val_every=min(cfg.val_every, len(loader)) if val else None,
+                           log_every_n_steps=10, num_sanity_val_steps=0, limit_val_batches=None if val else 0)
+    if not fit(trainer, RewardTask(rm, cfg.lr, cfg.weight_decay, cfg.warmup, args.max_steps), args, loader, val):
+        return {}
+    metrics = {"train": pairwise_accuracy(rm, tok, train, train_pairs), "steps": trainer.global_step, "data": sizes}
+    if len(val_pairs):
+        metrics["heldout"] = pairwise_accuracy(rm, tok, heldout, val_pairs)
     return finish(args, rm, metrics, timer)
 
 

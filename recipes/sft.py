@@ -1,25 +1,30 @@
-"""Stage 1 of alignment: supervised fine-tuning on a small labelled set of chats (loss on the response only).
+"""Stage 1 of alignment: supervised fine-tuning on chats, with the loss on assistant turns only.
 
-    python recipes/sft.py --init runs/align/base/model --out runs/align/sft
+    python recipes/sft.py --init runs/align/base/model --out runs/align/sft            # the built-in task
+    python recipes/sft.py --init runs/align/base/model --data chats.jsonl --out runs/my_sft   # your chats
     python recipes/sft.py --init runs/align_smoke/base/model --max-steps 5 n_train=32 --out runs/align_smoke/sft
 
-Each example is <|user|>prompt<|end|><|assistant|>worked answer<|end|> from the training split; the
-loss mask covers the answer and its closing <|end|>. Kept short and small on purpose (a labelled set
-is expensive), so there is room for preference learning. Writes <out>/model and <out>/metrics.json
-(held-out accuracy, greedy and sampled at temperature 1).
+--data is JSONL in TRL's shapes (docs/data.md): {"messages": [...]} or {"prompt": ..., "completion": ...},
+plain or conversational; --val-data, or a deterministic split of --data (val_fraction, by --seed), gives the
+held-out loss. Without --data the built-in task writes its small labelled set (each prompt with its clean worked
+answer) to <out>/data/sft.jsonl and reads it back, and also reports held-out task accuracy, greedy and at T=1.
+Writes <out>/model, <out>/loss.png and <out>/metrics.json.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 import mmfm
-from mmfm.align.data import chat_collate, sft_data
-from mmfm.align.rollout import evaluate
-from mmfm.align.splits import heldout_problems, train_problems
+from mmfm.align.builtin import write_sft
+from mmfm.align.data import Chats, chat_collate
+from mmfm.align.formats import add_data_args, read_chat, train_val
+from mmfm.align.rollout import chat_nll, evaluate
+from mmfm.align.run import builtin_only, fit, train_loader
+from mmfm.align.splits import heldout_problems
 from mmfm.align.tasks import LMTask
 from mmfm.config import opt
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
@@ -29,35 +34,43 @@ log = logging.getLogger("sft")
 
 @dataclass
 class SFTConfig:
-    n_train: int = 256  # labelled chats
+    n_train: int = 256  # built-in task: labelled chats
+    n_eval: int = 400  # built-in task: held-out problems (accuracy, and the held-out loss)
+    val_fraction: float = 0.1  # --data without --val-data: the share held out
     batch_size: int = opt(32, lo=1)
     lr: float = opt(1e-3, gt=0.0)
     weight_decay: float = opt(0.0, lo=0.0)
     warmup: int = opt(10, lo=0)
-    n_eval: int = 400
 
 
 def main(argv=None):
     setup_logging()
     parser = recipe_parser(__doc__.splitlines()[0], "", 30, "runs/align/sft")
     parser.add_argument("--init", default="runs/align/base/model", help="pretrained model folder")
+    add_data_args(parser, "chats or prompt-completion records")
     args = parse_args(parser, argv)
-    routed = split_overrides(args.overrides, train=SFTConfig())
-    train = SFTConfig(**routed["train"])
+    cfg = SFTConfig(**split_overrides(args.overrides, train=SFTConfig())["train"])
+    builtin_only(args, ("n_train", "n_eval"))
     torch.manual_seed(args.seed)
     model = mmfm.build_model(args.init)
     tok = model.tokenizer
-    data = sft_data(tok, train_problems("sft", train.n_train), args.seed)
-    loader = DataLoader(data, batch_size=train.batch_size, shuffle=True, drop_last=True,
-                        collate_fn=chat_collate(tok.pad_id), generator=torch.Generator().manual_seed(args.seed))
-    task = LMTask(model, train.lr, train.weight_decay, train.warmup, args.max_steps)
+    data, val_data = args.data, args.val_data
+    if not data:
+        data, val_data = write_sft(Path(args.out) / "data", cfg.n_train, cfg.n_eval, args.seed)
+    train, val, sizes = train_val(data, val_data, read_chat, cfg.val_fraction, args.seed)
+    train, val = (Chats(tok, d, model.config.block_size) for d in (train, val))
+    task = LMTask(model, cfg.lr, cfg.weight_decay, cfg.warmup, args.max_steps)
     hist = LossHistory(args.out, prefixes=("train/loss",), title="align: SFT")
     timer = Timer()
     trainer = make_trainer(args, callbacks=[hist], limit_val_batches=0, log_every_n_steps=5)
-    trainer.fit(task, loader)
-    heldout = heldout_problems("eval", train.n_eval)
-    metrics = {"heldout": evaluate(model, tok, heldout), "heldout_t1": evaluate(model, tok, heldout, temperature=1.0),
-               "train/loss": float(trainer.callback_metrics["train/loss"]), "steps": trainer.global_step}
+    if not fit(trainer, task, args, train_loader(train, cfg.batch_size, chat_collate(tok.pad_id), args.seed)):
+        return {}
+    metrics = {"train/loss": float(trainer.callback_metrics["train/loss"]), "steps": trainer.global_step, "data": sizes}
+    if len(val):
+        metrics["val/loss"] = chat_nll(model, val.rows, tok.pad_id)  # per assistant token
+    if not args.data:
+        heldout = heldout_problems("eval", cfg.n_eval)
+        metrics.update(heldout=evaluate(model, tok, heldout), heldout_t1=evaluate(model, tok, heldout, temperature=1.0))
     return finish(args, model, metrics, timer)
 
 

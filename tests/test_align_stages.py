@@ -7,7 +7,7 @@ import torch
 import mmfm
 from mmfm.align.chat import build_tokenizer, encode_chat, encode_prompt, pad_right, stop_ids
 from mmfm.align.heads import PolicyWithValue, RewardModel, logits_and_hidden
-from mmfm.align.ppo import PPO, PPOConfig
+from mmfm.align.ppo import PPOConfig, PPOTask, Prompts
 from mmfm.align.rollout import sample
 from mmfm.align.splits import heldout_problems, train_problems
 from mmfm.align.task import QUESTIONS, solve
@@ -51,7 +51,7 @@ def test_kv_cache_sampler_matches_full_forward():
     tok = build_tokenizer()
     gpt = tiny_gpt(tok).eval()
     prompts = [encode_prompt(tok, "What is 123+45?"), encode_prompt(tok, "7+8=?")]
-    out = sample(gpt, prompts, 6, stop=[-1], pad=tok.pad_id, temperature=0)
+    out = sample(gpt, prompts, 6, stop=[], pad=tok.pad_id, temperature=0)
     for p, o in zip(prompts, out):
         seq = list(p)
         for _ in range(6):
@@ -68,6 +68,11 @@ def synthetic_pairs(n):
     return out
 
 
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     """Pretrain and SFT for a couple of steps (recipes end to end), plus a hand-made pairs file."""
@@ -79,8 +84,8 @@ def tiny_runs(tmp_path_factory):
     align_pretrain.main(["--out", str(root / "base"), "--max-steps", "2", "n_items=64", "batch_size=4", "n_eval=4", *small])
     sft.main(["--init", str(root / "base" / "model"), "--out", str(root / "sft"), "--max-steps", "2", "n_train=8",
               "batch_size=4", "n_eval=4"])
-    heldout = synthetic_pairs(8)
-    (root / "pairs.json").write_text(json.dumps({"train": synthetic_pairs(16), "heldout": heldout}))
+    write_jsonl(root / "prefs.jsonl", synthetic_pairs(16))
+    write_jsonl(root / "prefs_heldout.jsonl", synthetic_pairs(24)[16:])
     return root
 
 
@@ -105,16 +110,19 @@ def test_reward_model_and_dpo_steps(tiny_runs):
     import dpo
     import reward_model
 
-    rm = reward_model.main(["--sft", str(tiny_runs / "sft" / "model"), "--pairs", str(tiny_runs / "pairs.json"),
+    pairs = ["--data", str(tiny_runs / "prefs.jsonl"), "--val-data", str(tiny_runs / "prefs_heldout.jsonl")]
+    rm = reward_model.main(["--sft", str(tiny_runs / "sft" / "model"), *pairs,
                             "--out", str(tiny_runs / "rm"), "--max-steps", "2", "batch_size=4"])
     assert 0 <= rm["heldout"]["acc"] <= 1 and rm["heldout"]["n"] == 8
+    assert sum(v for k, v in rm["heldout"].items() if k.startswith("n_")) == 8  # by the labeller's reason
     for loss in ("dpo", "ipo"):
-        out = dpo.main(["--init", str(tiny_runs / "sft" / "model"), "--pairs", str(tiny_runs / "pairs.json"),
+        out = dpo.main(["--init", str(tiny_runs / "sft" / "model"), *pairs,
                         "--out", str(tiny_runs / loss), "--max-steps", "2", "batch_size=4", "n_eval=4", f"loss={loss}"])
-        assert out["kl_to_sft"] == out["kl_to_sft"] and out["pairs"] == 16
+        assert out["kl_to_sft"] == out["kl_to_sft"] and out["pairs"] == 16  # the task's pairs: task metrics too
+        assert 0 <= out["heldout_pairs"]["reward_acc"] <= 1 and 0 <= out["heldout"]["accuracy"] <= 1
 
 
-def test_dpo_nll_term_adds_chosen_token_nll():
+def test_dpo_nll_term_adds_chosen_token_nll(tmp_path):
     """RPO: loss = DPO loss + alpha * per-token NLL of the chosen response; at policy == reference DPO is log 2."""
     import math
 
@@ -123,12 +131,15 @@ def test_dpo_nll_term_adds_chosen_token_nll():
     from mmfm.align.tasks import DPOTask
     from mmfm.losses.preference import masked_mean, token_logprobs
 
+    from mmfm.align.formats import read_preferences
+
     tok = build_tokenizer()
     torch.manual_seed(0)
     policy, pairs = tiny_gpt(tok).eval(), synthetic_pairs(4)
     prompts = [q["prompt"] for q in pairs]
     ref = torch.stack([response_logprobs(policy, tok, prompts, [q[k] for q in pairs]) for k in ("chosen", "rejected")], 1)
-    batch = pair_collate(tok.pad_id)([Pairs(tok, pairs)[i] for i in range(4)])
+    examples = read_preferences(write_jsonl(tmp_path / "prefs.jsonl", pairs))
+    batch = pair_collate(tok.pad_id)([Pairs(tok, examples)[i] for i in range(4)])
     c = batch["chosen"]
     with torch.no_grad():
         nll = -masked_mean(token_logprobs(policy(c["ids"]), c["ids"]), c["loss_mask"][:, 1:])
@@ -138,20 +149,35 @@ def test_dpo_nll_term_adds_chosen_token_nll():
     assert rpo.item() == pytest.approx(math.log(2) + 0.5 * nll.item(), abs=1e-5)
 
 
-def test_ppo_step_moves_policy_and_reports_kl():
+def test_ppo_step_moves_policy_and_reports_kl(tmp_path):
+    """A PPO step under Lightning (manual optimization): the first rollout's KL is 0 (policy == reference), the
+    updates move the policy, and the next rollout's KL is not 0."""
+    import lightning as L
+
+    from mmfm.align.formats import read_prompts
+    from mmfm.align.rewards import RewardTerm, exact_match
+
     tok = build_tokenizer()
     torch.manual_seed(0)
     sft = tiny_gpt(tok)
     policy, reference = PolicyWithValue(sft), tiny_gpt(tok)
     reference.load_state_dict(sft.state_dict())
     before = [p.detach().clone() for p in policy.gpt.parameters()]
-    ppo = PPO(policy, reference, RewardModel(tiny_gpt(tok)), tok, PPOConfig(max_new=8, minibatch=4, lr=1e-3, temperature=0.7))
-    stats = ppo.step(heldout_problems("eval", 8))
-    assert {"reward", "kl", "accuracy", "pg_loss", "vf_loss", "clipfrac"} <= set(stats)
-    assert abs(stats["kl"]) < 1e-4  # the first rollout is sampled from a policy equal to the reference
+    cfg = PPOConfig(max_new=8, prompts_per_step=8, minibatch=4, lr=1e-3, temperature=0.7)
+    terms = [RewardTerm("rm", 1.0, model=RewardModel(tiny_gpt(tok))), RewardTerm("exact_match", 0.5, fn=exact_match)]
+    task = PPOTask(policy, reference, terms, tok, cfg)
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"What is {p.text}?", "answer": p.answer}
+                                              for p in heldout_problems("eval", 8)])
+    prompts = Prompts(tok, read_prompts(path))
+    stats = task.rollout(prompts.rows)["stats"]
+    assert abs(float(stats["kl"])) < 1e-4 and {"reward", "reward_rm", "reward_exact_match"} <= set(stats)
+    assert task.score_norm[0, 1] > 0  # the reward model's first-batch standardisation is recorded (checkpointed)
+    loader = torch.utils.data.DataLoader(prompts, batch_size=8, collate_fn=list)
+    L.Trainer(max_steps=2 * cfg.updates_per_step(), accelerator="cpu", logger=False, enable_checkpointing=False,
+              enable_progress_bar=False).fit(task, loader)
+    assert [h["step"] for h in task.history] == [0, 1] and task.history[1]["kl"] != 0.0
+    assert {"pg_loss", "vf_loss", "clipfrac"} <= set(task.history[0])
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.gpt.parameters()))
-    stats = ppo.step(heldout_problems("eval", 8))
-    assert stats["kl"] != 0.0
 
 
 def test_ppo_recipe_and_report(tiny_runs, tmp_path):
@@ -161,7 +187,7 @@ def test_ppo_recipe_and_report(tiny_runs, tmp_path):
     from mmfm.align.report import main as report
 
     RewardModel(mmfm.build_model(tiny_runs / "sft" / "model")).save_pretrained(tiny_runs / "rm_init")
-    out = ppo.main(["--init", str(tiny_runs / "sft" / "model"), "--reward", str(tiny_runs / "rm_init"),
+    out = ppo.main(["--init", str(tiny_runs / "sft" / "model"), f"reward={tiny_runs / 'rm_init'}",
                     "--out", str(tiny_runs / "ppo"), "--max-steps", "2", "prompts_per_step=8", "minibatch=4",
                     "max_new=8", "n_eval=4"])
     history = json.loads((tiny_runs / "ppo" / "history.json").read_text())

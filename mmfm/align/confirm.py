@@ -14,7 +14,7 @@ import torch
 
 import mmfm
 
-from .data import PairConfig
+from .builtin import PairConfig
 from .rollout import eval_prompts, generate_texts, task_metrics
 from .splits import heldout_problems
 from .task import Problem, is_heldout, needs_regrouping

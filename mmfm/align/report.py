@@ -20,13 +20,18 @@ def _plt():
 
 
 def plot_ppo(history: list[dict], path) -> Path:
-    """Mean reward, KL to the reference and rollout accuracy against the PPO step."""
+    """Mean reward, KL to the reference and the rollout accuracy (the exact_match term; else the first reward
+    term) against the PPO step."""
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), dpi=120)
     steps = [h["step"] for h in history]
-    for ax, key, title in zip(axes, ("reward", "kl", "accuracy"),
-                              ("mean reward (RM, standardised)", "KL(policy || SFT) per response, at the rollout T",
-                               "rollout accuracy (training prompts)")):
+    terms = [k for k in (history[0] if history else {}) if k.startswith("reward_")]
+    third = "reward_exact_match" if "reward_exact_match" in terms else terms[0] if terms else "reward"
+    for ax, key, title in zip(axes, ("reward", "kl", third),
+                              ("mean reward (weighted sum; reward models standardised)",
+                               "KL(policy || SFT) per response, at the rollout T",
+                               "rollout accuracy (training prompts)" if third == "reward_exact_match"
+                               else f"{third} (training prompts)")):
         ax.plot(steps, [h[key] for h in history], marker="o", ms=2)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("PPO step")

@@ -47,41 +47,82 @@ def task_metrics(problems: list[Problem], responses: list[str]) -> dict[str, flo
 def evaluate(gpt, tok, problems: list[Problem], temperature: float = 0.0, seed: int = 0,
              style: str = "chat") -> dict[str, float]:
     """Held-out task metrics of one model; greedy unless a temperature is given."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(_device(gpt)).manual_seed(seed)
     responses = generate_texts(gpt, tok, eval_prompts(problems, seed), temperature=temperature, generator=g,
                                style=style)
     return task_metrics(problems, responses)
 
 
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
-def response_logprobs(gpt, tok, prompts: list[str], responses: list[str], batch_size: int = 128) -> torch.Tensor:
-    """log p(response | prompt) summed over the response and its <|end|> -> (N,)."""
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        rows = [encode_chat(tok, p, r) for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size])]
-        ids, _ = pad_right([r[0] for r in rows], tok.pad_id)
-        loss_mask, _ = pad_right([r[1] for r in rows], 0)
-        out.append(sequence_logprobs(gpt(ids), ids, loss_mask))  # right padding: no key mask needed
+def rows_logprobs(gpt, rows: list[tuple[list[int], list[int]]], pad: int, batch_size: int = 128) -> torch.Tensor:
+    """log p of the masked tokens of each (ids, loss_mask) row, summed -> (N,) on the model's device."""
+    out, device = [], _device(gpt)
+    for i in range(0, len(rows), batch_size):
+        ids, _ = pad_right([r[0] for r in rows[i:i + batch_size]], pad)
+        loss_mask, _ = pad_right([r[1] for r in rows[i:i + batch_size]], 0)
+        ids = ids.to(device)
+        out.append(sequence_logprobs(gpt(ids), ids, loss_mask.to(device)))  # right padding: no key mask needed
     return torch.cat(out)
 
 
+def response_logprobs(gpt, tok, prompts: list[str], responses: list[str], batch_size: int = 128) -> torch.Tensor:
+    """log p(response | prompt) summed over the response and its <|end|> -> (N,)."""
+    return rows_logprobs(gpt, [encode_chat(tok, p, r) for p, r in zip(prompts, responses)], tok.pad_id, batch_size)
+
+
+def sample_rows(gpt, tok, prompts: list[list[int]], temperature: float, seed: int = 0, max_new: int = 96,
+                batch_size: int = 256) -> list[tuple[list[int], list[int]]]:
+    """(prompt + response ids, mask on the response) for each prompt's sampled response (cut at its stop token,
+    which is kept: the same rows the chat template gives)."""
+    g = torch.Generator(_device(gpt)).manual_seed(seed)
+    stops, rows = set(stop_ids(tok)), []
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i:i + batch_size]
+        for p, r in zip(chunk, sample(gpt, chunk, max_new, sorted(stops), tok.pad_id, temperature, g)):
+            cut = next((j + 1 for j, t in enumerate(r) if t in stops), len(r))
+            rows.append((p + r[:cut], [0] * len(p) + [1] * cut))
+    return rows
+
+
 @torch.no_grad()
-def kl_to_reference(policy, reference, tok, problems: list[Problem], seed: int = 0) -> float:
-    """Monte-Carlo KL(policy || reference) per response: mean over y ~ policy of log pi(y) - log ref(y)."""
-    g = torch.Generator().manual_seed(seed)
-    prompts = eval_prompts(problems, seed)
-    responses = generate_texts(policy, tok, prompts, temperature=1.0, generator=g)
+def kl_to_reference(policy, reference, tok, problems: list[Problem] | list[list[int]], seed: int = 0) -> float:
+    """Monte-Carlo KL(policy || reference) per response: mean over y ~ policy (T=1) of log pi(y) - log ref(y).
+    `problems`: task problems, or prompt ids (chat-encoded)."""
+    if problems and isinstance(problems[0], Problem):
+        problems = [encode_prompt(tok, p) for p in eval_prompts(problems, seed)]
     policy.eval(), reference.eval()
-    diff = response_logprobs(policy, tok, prompts, responses) - response_logprobs(reference, tok, prompts, responses)
-    return float(diff.mean())
+    rows = sample_rows(policy, tok, problems, 1.0, seed)
+    return float((rows_logprobs(policy, rows, tok.pad_id) - rows_logprobs(reference, rows, tok.pad_id)).mean())
 
 
 @torch.no_grad()
 def reward_scores(rm, tok, prompts: list[str], responses: list[str], batch_size: int = 128) -> torch.Tensor:
     """Reward-model scores of chats (prompt, response) -> (N,)."""
+    return rows_scores(rm, [encode_chat(tok, p, r)[0] for p, r in zip(prompts, responses)], tok.pad_id, batch_size)
+
+
+@torch.no_grad()
+def rows_scores(rm, rows: list[list[int]], pad: int, batch_size: int = 128) -> torch.Tensor:
+    """Reward-model scores of chat ids -> (N,) on the model's device."""
     rm.eval()
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        rows = [encode_chat(tok, p, r)[0] for p, r in zip(prompts[i:i + batch_size], responses[i:i + batch_size])]
-        out.append(rm(*pad_right(rows, tok.pad_id)))
+    out, device = [], _device(rm)
+    for i in range(0, len(rows), batch_size):
+        ids, mask = pad_right(rows[i:i + batch_size], pad)
+        out.append(rm(ids.to(device), mask.to(device)))
     return torch.cat(out)
+
+
+@torch.no_grad()
+def chat_nll(gpt, rows: list[tuple[list[int], list[int]]], pad: int, batch_size: int = 128) -> float:
+    """Mean negative log-likelihood per trained (assistant) token of (ids, loss_mask) rows."""
+    gpt.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        total -= float(rows_logprobs(gpt, chunk, pad, batch_size).sum())
+        count += sum(sum(r[1][1:]) for r in chunk)
+    return total / max(count, 1)

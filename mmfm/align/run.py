@@ -1,0 +1,41 @@
+"""What the alignment recipes share around the Trainer: their data flags, the overrides that only the built-in
+task reads, a seeded loader, and fit with --resume, after which only rank 0 evaluates on the training device."""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import ConfigError
+from ..train import checkpoint_to_resume
+
+log = logging.getLogger(__name__)
+
+
+def builtin_only(args, names: tuple[str, ...]) -> None:
+    """Overrides that shape the built-in task's files are an error with --data (they would be ignored)."""
+    given = sorted(set(args.overrides) & set(names))
+    if getattr(args, "data", None) and given:
+        raise ConfigError(f"{', '.join(given)} only shape the built-in task's data; with --data {args.data} "
+                          "drop them (the file decides what is trained on)")
+
+
+def train_loader(dataset, batch_size: int, collate, seed: int) -> DataLoader:
+    """A shuffled loader of full batches; a batch larger than the data shrinks to it."""
+    if len(dataset) == 0:
+        raise ValueError("no training examples left after the split; give more data or a smaller val_fraction")
+    if batch_size > len(dataset):
+        log.warning("batch_size %d > %d training examples: using %d", batch_size, len(dataset), len(dataset))
+    return DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=True, drop_last=True,
+                      collate_fn=collate, generator=torch.Generator().manual_seed(seed))
+
+
+def fit(trainer, task, args, train, val=None) -> bool:
+    """trainer.fit, continuing from --resume's newest intact checkpoint; -> True on rank 0 only, with the task
+    moved back to the device it trained on (Lightning leaves it on the CPU) for evaluation."""
+    trainer.fit(task, train, val, ckpt_path=checkpoint_to_resume(args.resume))
+    if not trainer.is_global_zero:
+        return False
+    task.to(trainer.strategy.root_device)
+    return True
