@@ -12,6 +12,7 @@ import os
 import shutil
 import struct
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -80,16 +81,29 @@ def _swap_in(tmp: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_pretrained(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write config.json, model.safetensors and the model's tokenizer (if any) into a temporary sibling folder,
-    then swap it in for `path`; files other code put in an existing `path` are carried over."""
+@contextmanager
+def atomic_folder(path: str | os.PathLike, what: str = "model"):
+    """Yield a temporary sibling folder to write `path`'s files into; on success it is swapped in for `path`,
+    on failure removed (an existing `path` stays as it was)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a folder: a model is saved as a folder")
+        raise FileExistsError(f"{path} exists and is not a folder: a {what} is saved as a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         _default_mode(tmp, is_dir=True)
+        yield tmp
+        _swap_in(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_pretrained(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write config.json, model.safetensors and the model's tokenizer (if any) into a temporary sibling folder,
+    then swap it in for `path`; files other code put in an existing `path` are carried over."""
+    path = Path(path)
+    with atomic_folder(path) as tmp:
         cfg = model.config
         (tmp / "config.json").write_text(json.dumps({"family": cfg.family, "config": cfg.to_dict()}, indent=2))
         save_model(model, str(tmp / WEIGHTS))  # handles tied weights
@@ -99,10 +113,6 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike) -> Path:
             tok.save(tmp / "tokenizer")
         if path.is_dir():
             _keep_extras(path, tmp, set(OWN) | ({"tokenizer"} if tok is not None else set()))
-        _swap_in(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -95,3 +95,43 @@ def test_gpt124m_param_count():
     with torch.device("meta"):
         model = mmfm.build_model("gpt2-124m")
     assert abs(model.num_params() - 124_439_808) < 1000  # GPT-2 small, tied head
+
+
+@pytest.mark.parametrize("name", ["vit-test", "clip-test"])
+def test_uint8_and_float64_images_match_the_normalised_float_input(name):
+    model = mmfm.build_model(name).eval()
+    encode = model.encode_image if name.startswith("clip") else model
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    mean, std = (model.config.image_mean, model.config.image_std) if name.startswith("clip") else ((0.5,), (0.5,))
+    x = (pixels.float() / 255 - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        want = encode(x)
+        assert torch.allclose(encode(pixels), want, atol=1e-5)
+        got64 = encode(x.double())
+    assert got64.dtype == torch.float32 and torch.allclose(got64, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("images, err, msg", [
+    (torch.zeros(2, 3, 32, 32, dtype=torch.int32), TypeError, "uint8 pixels or normalised floats, got dtype torch.int32"),
+    (torch.zeros(3, 32, 32), ValueError, r"images must be \(B, C, H, W\), got shape \(3, 32, 32\); add the batch"),
+    (torch.zeros(2, 3, 0, 0), ValueError, r"images must be \(B, 3, H, W\) .* got shape \(2, 3, 0, 0\)"),
+    (torch.zeros(2, 3, 30, 32), ValueError, "divisible by the patch size 8"),
+    ([[0.0]], TypeError, "images must be a torch.Tensor"),
+])
+def test_bad_images_are_refused_clearly(images, err, msg):
+    for name in ("vit-test", "clip-test"):
+        model = mmfm.build_model(name)
+        with pytest.raises(err, match=msg):
+            (model.encode_image if name.startswith("clip") else model)(images)
+
+
+@pytest.mark.parametrize("text, err, msg", [
+    (torch.tensor([1, 2, 511]), ValueError, r"text must be \(B, T\) token ids .* got shape \(3,\); add the batch"),
+    (torch.zeros(2, 4), TypeError, "integer token ids, got dtype torch.float32"),
+    (torch.tensor([[1, 512]]), ValueError, r"token id 512, outside the vocabulary \[0, 512\)"),
+    (torch.tensor([[-1, 2]]), ValueError, "token id -1"),
+    (torch.zeros(2, 0, dtype=torch.long), ValueError, "B, T >= 1"),
+])
+def test_bad_text_into_clip_is_refused_clearly(text, err, msg):
+    with pytest.raises(err, match=msg):
+        mmfm.build_model("clip-test").encode_text(text)

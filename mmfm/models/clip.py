@@ -12,7 +12,7 @@ from ..config import ModelConfig, check, opt
 from ..nn import StackConfig, Transformer
 from ..registry import register_family, register_preset
 from .base import Model, stack_params
-from .vit import ViT, ViTConfig
+from .vit import ViT, ViTConfig, image_tensor
 
 
 @dataclass
@@ -68,6 +68,20 @@ class CLIPConfig(ModelConfig):
                          mlp_ratio=self.mlp_ratio, norm_eps=1e-5, pre_norm=True, patch_bias=False)
 
 
+def check_text(text, vocab_size: int) -> None:
+    """`text` is (B, T) integer token ids in [0, vocab_size) with B, T >= 1; otherwise a clear error."""
+    if not isinstance(text, torch.Tensor):
+        raise TypeError(f"text must be a torch.Tensor of token ids (B, T), got {type(text).__name__}")
+    if text.dtype.is_floating_point or text.dtype.is_complex or text.dtype == torch.bool:
+        raise TypeError(f"text must hold integer token ids, got dtype {text.dtype}")
+    if text.dim() != 2 or 0 in text.shape:
+        raise ValueError(f"text must be (B, T) token ids with B, T >= 1, got shape {tuple(text.shape)}"
+                         + ("; add the batch dimension with text[None]" if text.dim() == 1 else ""))
+    lo, hi = int(text.min()), int(text.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"text holds token id {lo if lo < 0 else hi}, outside the vocabulary [0, {vocab_size})")
+
+
 class TextTower(nn.Module):
     """Token + learned positions -> causal stack -> features at the end-of-text token (B, width)."""
 
@@ -88,6 +102,7 @@ class TextTower(nn.Module):
         return self.transformer(self.token_embedding(text) + self.pos_embed[:T])  # (B, T, W)
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
+        check_text(text, self.token_embedding.num_embeddings)
         x = self.forward_tokens(text)
         is_eot = text == self.eot_id
         # position of the first end-of-text token; the last position when a row has none
@@ -111,6 +126,9 @@ class CLIP(Model):
         self.logit_scale = nn.Parameter(torch.tensor(c.init_logit_scale))
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, C, H, W) normalised floats, or uint8 pixels (scaled to [0, 1] and normalised with the config's
+        image_mean/image_std) -> (B, E)."""
+        images = image_tensor(images, self.visual_proj.dtype, self.config.image_mean, self.config.image_std)
         f = self.visual(images) @ self.visual_proj  # (B, E)
         return F.normalize(f, dim=-1) if normalize else f
 

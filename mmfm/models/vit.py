@@ -13,6 +13,26 @@ from ..registry import register_family, register_preset
 from .base import Model, init_linear_xavier, stack_params
 
 
+PIXELS = ((0.5,), (0.5,))  # (mean, std) of mmfm's ViT convention: pixels in [0, 1] -> [-1, 1]
+
+
+def image_tensor(images, dtype: torch.dtype, mean=PIXELS[0], std=PIXELS[1]) -> torch.Tensor:
+    """Images as the model's input: uint8 (B, C, H, W) pixels scaled to [0, 1] and normalised with (mean, std);
+    float images (already normalised) cast to the model's dtype; anything else refused by name."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor (B, C, H, W), got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}"
+                         + ("; add the batch dimension with images[None]" if images.dim() == 3 else ""))
+    if images.dtype == torch.uint8:
+        m = torch.tensor(mean, dtype=dtype, device=images.device).view(1, -1, 1, 1)
+        s = torch.tensor(std, dtype=dtype, device=images.device).view(1, -1, 1, 1)
+        return (images.to(dtype) / 255 - m) / s
+    if not images.dtype.is_floating_point:
+        raise TypeError(f"images must be uint8 pixels or normalised floats, got dtype {images.dtype}")
+    return images.to(dtype)
+
+
 @dataclass
 class ViTConfig(ModelConfig):
     family = "vit"
@@ -61,7 +81,8 @@ class ViT(Model):
     """forward(images (B, C, H, W)) -> logits (B, num_classes), or pooled features (B, dim) if num_classes=0.
 
     Any H, W divisible by the patch size works (positions are resampled); a 1-channel image
-    given to a 3-channel model is repeated across channels.
+    given to a 3-channel model is repeated across channels. uint8 images are scaled to [-1, 1] (PIXELS);
+    float images are taken as normalised and cast to the model's dtype.
     """
 
     config_class = ViTConfig
@@ -96,8 +117,7 @@ class ViT(Model):
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> tokens (B, n_prefix + N, dim) after the final norm."""
-        if images.dim() != 4:
-            raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+        images = image_tensor(images, self.patch_embed.proj.weight.dtype)
         B, C, H, W = images.shape
         if C != self.config.in_chans:
             if C == 1:
@@ -105,8 +125,9 @@ class ViT(Model):
             else:
                 raise ValueError(f"model takes {self.config.in_chans}-channel images, got {C} channels")
         p = self.config.patch_size
-        if H % p or W % p:
-            raise ValueError(f"image size {H}x{W} is not divisible by patch size {p}")
+        if H % p or W % p or not H or not W or not B:
+            raise ValueError(f"images must be (B, {self.config.in_chans}, H, W) with B >= 1 and H, W positive and "
+                             f"divisible by the patch size {p}, got shape {tuple(images.shape)}")
         x = self.patch_embed(images)  # (B, N, D)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)  # (B, 1 + N, D)
