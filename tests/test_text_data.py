@@ -226,3 +226,19 @@ def test_bad_settings_fail_before_out(tmp_path):
     _bad(tmp_path, ["--data", str(tmp_path / "one.jsonl")], DataFormatError, "leave no val split")
     tokens = write_token_folder(tmp_path)
     _bad(tmp_path, ["--data", str(tokens), "--val-data", str(data)], DataFormatError, "token folder")
+
+
+def test_ddp_two_processes_on_a_text_file(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    data, out = write_txt(tmp_path), tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "recipes" / "gpt_pretrain.py"), "--data", str(data), "--out", str(out),
+           "--device", "cpu", "--devices", "2", "--strategy", "ddp", "chunk_chars=200", *RUN]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 3 and metrics["data_info/format"] == "text file"
+    assert [p.name for p in (out / "data").iterdir()] == [Path(metrics["train_config/data"]).name]  # one, shared
