@@ -7,7 +7,7 @@ from typing import Iterable
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from .base import Tokenizer, register_tokenizer
+from .base import Tokenizer, check_text, register_tokenizer, split_on
 
 
 @register_tokenizer
@@ -40,15 +40,37 @@ class ByteBPETokenizer(Tokenizer):
     def token_to_id(self, token: str) -> int | None:
         return self.hf.token_to_id(token)
 
-    def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False).ids
+    def _has_special(self, text: str) -> bool:
+        return any(s in text for s in self.special_tokens)
 
-    def encode_many(self, texts: list[str]) -> list[list[int]]:
-        """Fast parallel encoding of many texts (no padding)."""
+    def _plain(self, text: str) -> list[int]:
+        """`text` through the normalizer, pre-tokenizer and BPE model without matching added tokens, so a
+        special-token string in it is encoded as the plain text it is."""
+        hf = self.hf
+        text = hf.normalizer.normalize_str(text) if hf.normalizer is not None else text
+        pieces = [p for p, _ in hf.pre_tokenizer.pre_tokenize_str(text)] if hf.pre_tokenizer is not None else [text]
+        return [t.id for p in pieces for t in hf.model.tokenize(p)]
+
+    def _encode(self, text: str, allowed: frozenset[str]) -> list[int]:
+        ids = []
+        for part in split_on(text, allowed):
+            if part in allowed:
+                ids.append(self.special_tokens[part])
+            elif self._has_special(part):
+                ids += self._plain(part)
+            else:
+                ids += self.hf.encode(part, add_special_tokens=False).ids
+        return ids
+
+    def encode_many(self, texts: list[str], allowed_special=()) -> list[list[int]]:
+        """Fast parallel encoding of many texts (no padding); special strings as in `encode`."""
+        texts = [check_text(t, f"texts[{i}]") for i, t in enumerate(texts)]
+        if any(map(self._has_special, texts)):
+            return [self.encode(t, allowed_special) for t in texts]
         return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
 
-    def decode(self, ids) -> str:
-        return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
+    def _decode(self, ids: list[int]) -> str:
+        return self.hf.decode(ids, skip_special_tokens=False)
 
     def _save(self, path: Path) -> dict:
         self.hf.save(str(path / "tokenizer.json"))

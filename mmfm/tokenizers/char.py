@@ -1,11 +1,9 @@
 """Character-level tokenizer: one id per character seen in the training text, specials after them."""
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
-from .base import Tokenizer, register_tokenizer
+from .base import Tokenizer, register_tokenizer, split_on
 
 
 @register_tokenizer
@@ -18,7 +16,6 @@ class CharTokenizer(Tokenizer):
         self.itos = chars + specials
         self.stoi = {s: i for i, s in enumerate(self.itos)}
         self.special_tokens = {s: self.stoi[s] for s in specials}
-        self._split = re.compile("(" + "|".join(re.escape(s) for s in specials) + ")")
 
     @classmethod
     def train(cls, text: str, special_tokens: tuple[str, ...] = ()) -> "CharTokenizer":
@@ -31,10 +28,10 @@ class CharTokenizer(Tokenizer):
     def token_to_id(self, token: str) -> int | None:
         return self.stoi.get(token)
 
-    def encode(self, text: str) -> list[int]:
+    def _encode(self, text: str, allowed: frozenset[str]) -> list[int]:
         ids = []
-        for part in self._split.split(text):
-            if part in self.special_tokens:
+        for part in split_on(text, allowed):
+            if part in allowed:
                 ids.append(self.special_tokens[part])
                 continue
             try:
@@ -43,8 +40,8 @@ class CharTokenizer(Tokenizer):
                 raise ValueError(f"character {e.args[0]!r} is not in this char tokenizer's vocabulary") from None
         return ids
 
-    def decode(self, ids) -> str:
-        return "".join(self.itos[int(i)] for i in ids)
+    def _decode(self, ids: list[int]) -> str:
+        return "".join(self.itos[i] for i in ids)
 
     def _save(self, path: Path) -> dict:
         n_chars = len(self.itos) - len(self.special_tokens)

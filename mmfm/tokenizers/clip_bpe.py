@@ -1,11 +1,12 @@
 """open_clip's bundled CLIP BPE (lower-cased, whitespace-cleaned; vocabulary ships with open_clip)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
 
-from .base import Tokenizer, register_tokenizer
+from .base import Tokenizer, register_tokenizer, split_on
 
 
 @register_tokenizer
@@ -35,11 +36,20 @@ class ClipTokenizer(Tokenizer):
     def token_to_id(self, token: str) -> int | None:
         return self.tok.encoder.get(token)
 
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text)
+    def _encode(self, text: str, allowed: frozenset[str]) -> list[int]:
+        """open_clip's BPE lower-cases text before it finds its special tokens: they are cut out here in any
+        case; one not allowed is encoded as its characters ('<' apart from the rest, as plain text splits)."""
+        ids = []
+        for part in split_on(text, self.special_tokens, flags=re.IGNORECASE):
+            special = part.lower() if part.lower() in self.special_tokens else None
+            if special in allowed:
+                ids.append(self.special_tokens[special])
+            else:
+                ids += self.tok.encode(part[:1]) + self.tok.encode(part[1:]) if special else self.tok.encode(part)
+        return ids
 
-    def decode(self, ids) -> str:
-        ids = [int(i) for i in ids if int(i) not in (0, self.tok.sot_token_id, self.tok.eot_token_id)]
+    def _decode(self, ids: list[int]) -> str:
+        ids = [i for i in ids if i not in (0, self.tok.sot_token_id, self.tok.eot_token_id)]
         return self.tok.decode(ids).strip()
 
     def encode_batch(self, texts, max_len=None, add_special=True, pad_to_max=True) -> tuple[torch.Tensor, torch.Tensor]:
