@@ -205,7 +205,7 @@ def load_pretrained(path: str | os.PathLike, **overrides) -> nn.Module:
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} is missing: a model folder holds config.json and {WEIGHTS}")
     header = weights_header(weights)
-    check_fits(cfg)
+    check_fits(cfg, overrides)
     model = model_class(cfg.family)(cfg)
     try:
         load_model(model, str(weights), strict=True)

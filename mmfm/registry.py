@@ -59,8 +59,9 @@ def available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def check_fits(cfg: ModelConfig, bytes_per_param: int = 4) -> None:
-    """Refuse, before allocating, a config whose float32 parameters alone exceed the available memory."""
+def check_fits(cfg: ModelConfig, overrides: dict | None = None, bytes_per_param: int = 4) -> None:
+    """Refuse, before allocating, a config whose float32 parameters alone exceed the available memory (the
+    message names the `overrides` that were given, as the likely cause)."""
     n = cfg.estimate_params()
     if n is None:
         return
@@ -68,7 +69,9 @@ def check_fits(cfg: ModelConfig, bytes_per_param: int = 4) -> None:
     if need > avail:
         raise ConfigError(f"this {cfg.family} config has about {n:,} parameters: {need / 2**30:,.1f} GiB in float32, "
                           f"more than the {avail / 2**30:,.1f} GiB of memory available; reduce its size "
-                          f"(layers, width, vocabulary, image size)")
+                          f"(layers, width, vocabulary, image size)"
+                          + (f"; overrides given: {', '.join(f'{k}={v!r}' for k, v in overrides.items())}"
+                             if overrides else ""))
 
 
 def build_model(name_or_path: str | os.PathLike, **overrides):
@@ -91,7 +94,7 @@ def build_model(name_or_path: str | os.PathLike, **overrides):
     if not is_preset and (path.exists() or os.sep in name):
         raise ConfigError(f"{name!r} is not a preset and has no config.json (not a saved model folder)")
     cfg = get_config(name, **overrides)
-    check_fits(cfg)
+    check_fits(cfg, overrides)
     return model_class(cfg.family)(cfg)
 
 

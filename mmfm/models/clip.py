@@ -142,7 +142,7 @@ class CLIP(Model):
     def example_inputs(self, batch_size: int = 2) -> dict:
         c = self.config
         text = torch.randint(0, c.vocab_size - 1, (batch_size, c.context_length))
-        text[:, -3] = c.eot_id
+        text[:, max(c.context_length - 3, 0)] = c.eot_id
         return {"images": torch.randn(batch_size, c.in_chans, c.img_size, c.img_size), "text": text}
 
 
