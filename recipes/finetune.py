@@ -50,9 +50,9 @@ class FinetuneTrain:
     val_every: int = opt(50, lo=1)  # steps between validations
     val_subset: int = 1024  # validation images (a fixed random subset) checked during training; 0: all
     patience: int = 4  # validations without a better val/loss before stopping
-    val_fraction: float = 0.1  # of --data, when no --val-data (folder formats; an .npz keeps its splits)
-    test_fraction: float = 0.2  # of --data, when no --test-data
-    max_bad_fraction: float = 0.05  # unreadable image files are skipped and counted; more than this stops the run
+    val_fraction: float = opt(0.1, lo=0.0, lt=1.0)  # of --data without --val-data (an .npz keeps its own splits)
+    test_fraction: float = opt(0.2, lo=0.0, lt=1.0)  # of --data without --test-data
+    max_bad_fraction: float = opt(0.05, lo=0.0, hi=1.0)  # unreadable image files skipped and counted; past this: stop
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     progress: bool = True  # the progress bar (off for grids of runs)
 
