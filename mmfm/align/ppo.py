@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from ..config import opt
 from ..losses.preference import gae, masked_mean, ppo_policy_loss, ppo_value_loss, token_logprobs
 from .chat import decode_response, pad_right, stop_ids
 from .formats import Example, encode_example
@@ -27,19 +28,19 @@ from .rollout import sample
 
 @dataclass
 class PPOConfig:
-    prompts_per_step: int = 64
-    epochs: int = 2  # passes over each rollout batch
-    minibatch: int = 32
-    lr: float = 1e-4
-    clip: float = 0.2
-    vf_clip: float = 0.2
+    prompts_per_step: int = opt(64, lo=1)
+    epochs: int = opt(2, lo=1)  # passes over each rollout batch
+    minibatch: int = opt(32, lo=1)
+    lr: float = opt(1e-4, gt=0.0)
+    clip: float = opt(0.2, gt=0.0)
+    vf_clip: float = opt(0.2, gt=0.0)
     vf_coef: float = 0.1
-    kl_coef: float = 0.1  # beta of the per-token KL penalty
-    gamma: float = 1.0
-    lam: float = 1.0  # 1: the whole return reaches the first tokens (where this task's decisive mistakes are)
-    temperature: float = 0.7  # rollouts sample pi_T = softmax(logits / T); PPO, the KL and the ratios use pi_T too
-    max_new: int = 64
-    grad_clip: float = 1.0
+    kl_coef: float = opt(0.1, lo=0.0)  # beta of the per-token KL penalty
+    gamma: float = opt(1.0, lo=0.0, hi=1.0)
+    lam: float = opt(1.0, lo=0.0, hi=1.0)  # 1: the whole return reaches the first tokens (where this task's decisive mistakes are)
+    temperature: float = opt(0.7, gt=0.0)  # rollouts sample pi_T = softmax(logits / T); PPO, the KL and the ratios use pi_T too
+    max_new: int = opt(64, lo=1)
+    grad_clip: float = opt(1.0, lo=0.0)
 
     def updates_per_step(self) -> int:
         return self.epochs * math.ceil(self.prompts_per_step / self.minibatch)

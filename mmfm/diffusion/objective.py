@@ -32,15 +32,16 @@ def drop_condition(cond: dict, p: float, null_label: int | None, generator: torc
     """Each row independently replaced by the null condition with probability p."""
     if p <= 0 or not cond:
         return cond
-    B = next(v for v in cond.values() if v is not None).shape[0]
-    drop = torch.rand(B, generator=generator) < p  # (B,)
+    first = next(v for v in cond.values() if v is not None)
+    B = first.shape[0]
+    drop = torch.rand(B, generator=generator, device=first.device) < p  # (B,) on the condition's device
     null = null_condition(cond, null_label)
     out = {}
     for k, v in cond.items():
         if v is None or k == "context_mask":
             out[k] = v
             continue
-        m = drop.to(v.device).view(B, *([1] * (v.dim() - 1)))  # (B, 1, ...) broadcast over feature dims
+        m = drop.view(B, *([1] * (v.dim() - 1)))  # (B, 1, ...) broadcast over feature dims
         out[k] = torch.where(m, null[k], v)
     return out
 
@@ -60,12 +61,13 @@ def diffusion_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.
 def diffusion_loss(model, scheduler, x0: torch.Tensor, cond: dict | None = None, p_uncond: float = 0.0,
                    null_label: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """MSE between model(x_t, t, **cond) and the target at uniformly drawn t (the DDPM 'simple' loss).
-    With learn_sigma models (2C output channels) only the first C channels are regressed."""
+    With learn_sigma models (2C output channels) only the first C channels are regressed. Timesteps and noise
+    are drawn on x0's device (and dtype) from `generator` (which must live there) or the global generator."""
     cond = drop_condition(cond or {}, p_uncond, null_label, generator)
     B, C = x0.shape[:2]
     T = scheduler.config.num_train_timesteps
-    t = torch.randint(0, T, (B,), generator=generator).to(x0.device)
-    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    t = torch.randint(0, T, (B,), generator=generator, device=x0.device)  # (B,)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)  # (B, C, H, W)
     x_t = scheduler.add_noise(x0, noise, t)
     pred = model(x_t, t, **cond)[:, :C]  # (B, C, H, W)
     return F.mse_loss(pred.float(), diffusion_target(scheduler, x0, noise, t).float())

@@ -29,19 +29,21 @@ def guided_output(model, x: torch.Tensor, t: torch.Tensor, cond: dict, null_labe
 def sample(model, scheduler, shape: tuple, cond: dict | None = None, guidance_scale: float = 1.0,
            steps: int = 50, null_label: int | None = None, generator: torch.Generator | None = None,
            device=None, noise: torch.Tensor | None = None, progress=None) -> torch.Tensor:
-    """Draw x_T ~ N(0, I) (from `generator`: same seed, same samples; or take `noise`) and denoise with
-    `scheduler` in `steps` steps; returns x_0 (shape) clamped to [-1, 1]. `null_label` defaults to
-    model.null_label when present."""
+    """Draw x_T ~ N(0, I) (from `generator` on its own device, so a CPU generator gives the same samples on
+    any device; without one on the model's device; or take `noise`) and denoise with `scheduler` in `steps`
+    steps on `device` (default: the model's); returns x_0 (shape) clamped to [-1, 1]. `null_label` defaults
+    to model.null_label when present."""
     cond = cond or {}
     device = device or next(model.parameters()).device
     if null_label is None:
         null_label = getattr(model, "null_label", None)
     C = shape[1]
-    x = noise if noise is not None else torch.randn(shape, generator=generator)
-    x = x.to(device) * scheduler.init_noise_sigma
+    if noise is None:
+        noise = torch.randn(shape, generator=generator, device=generator.device if generator is not None else device)
+    x = noise.to(device) * scheduler.init_noise_sigma  # (B, C, H, W)
     scheduler.set_timesteps(steps, device=device)
     for t in (progress(scheduler.timesteps) if progress else scheduler.timesteps):
-        tb = t.expand(shape[0]).to(device)  # (B,)
+        tb = t.expand(shape[0])  # (B,) on `device` (set_timesteps put the timesteps there)
         out = guided_output(model, scheduler.scale_model_input(x, t), tb, cond, null_label, guidance_scale)
         x = scheduler.step(out[:, :C], t, x, generator=generator).prev_sample
     return x.clamp(-1, 1)

@@ -71,22 +71,38 @@ class PromptConditioner:
             out["context"], out["context_mask"] = self.clip.text.forward_tokens(ids), mask.bool()
         return out
 
+    def to(self, device) -> "PromptConditioner":
+        """Move the CLIP tower and the precomputed features (e.g. to the accelerator a run trained on)."""
+        self.clip.to(device)
+        self.train_feats = {k: v.to(device) for k, v in self.train_feats.items()}
+        self.prompt_feats = {k: v.to(device) for k, v in self.prompt_feats.items()}
+        return self
+
+    @staticmethod
+    def _pick(feats: dict, index: torch.Tensor) -> dict:
+        """Rows `index` of each feature table, on the index's device (the tables move there once, not per step)."""
+        for k, v in feats.items():
+            if v.device != index.device:
+                feats[k] = v.to(index.device)
+        return {k: v[index] for k, v in feats.items()}
+
     def batch_condition(self, batch) -> dict:
         labels = batch[1]
-        pick = labels.cpu() * self.n_templates + torch.randint(0, self.n_templates, labels.shape)  # (B,)
-        return {k: v[pick].to(labels.device) for k, v in self.train_feats.items()}
+        pick = labels * self.n_templates + torch.randint(0, self.n_templates, labels.shape, device=labels.device)  # (B,)
+        return self._pick(self.train_feats, pick)
 
     def condition(self, labels: torch.Tensor) -> dict:
-        return {k: v[labels.cpu()].to(labels.device) for k, v in self.prompt_feats.items()}
+        return self._pick(self.prompt_feats, labels)
 
     @torch.no_grad()
     def retrieval(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """Top-1 of prompt retrieval: the fraction of images whose most similar class prompt (CLIP cosine) is
-        their own. images in [-1, 1]."""
+        their own. images in [-1, 1], on any device: each chunk runs on the CLIP tower's device."""
         c = self.clip.config
-        mean = torch.tensor(c.image_mean).view(1, -1, 1, 1)
-        std = torch.tensor(c.image_std).view(1, -1, 1, 1)
-        x = ((images + 1) / 2 - mean) / std  # the CLIP tower's preprocessing
-        img = torch.cat([self.clip.encode_image(x[i:i + 500]) for i in range(0, len(x), 500)])  # (N, E)
-        sims = img @ F.normalize(self.prompt_feats["text"], dim=-1).T  # (N, C)
-        return (sims.argmax(-1) == labels).float().mean().item()
+        device = next(self.clip.parameters()).device
+        mean = torch.tensor(c.image_mean, device=device).view(1, -1, 1, 1)  # (1, C, 1, 1)
+        std = torch.tensor(c.image_std, device=device).view(1, -1, 1, 1)  # (1, C, 1, 1)
+        img = torch.cat([self.clip.encode_image(((x.to(device) + 1) / 2 - mean) / std)  # the tower's preprocessing
+                         for x in images.split(500)])  # (N, E)
+        sims = img @ F.normalize(self.prompt_feats["text"].to(device), dim=-1).T  # (N, C)
+        return (sims.argmax(-1) == labels.to(device)).float().mean().item()

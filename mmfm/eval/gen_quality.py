@@ -33,10 +33,12 @@ class ClassifierFeatures(nn.Module):
 
 
 def frechet_distance(features: nn.Module, real: torch.Tensor, fake: torch.Tensor, batch_size: int = 500) -> float:
-    """FID between two image sets in `features`' space (torchmetrics, custom feature extractor)."""
+    """FID between two image sets in `features`' space (torchmetrics, custom feature extractor); the metric's
+    running sums live on the device of `features`' parameters, where the features are computed."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    fid = FrechetInceptionDistance(feature=features, normalize=True)
+    device = next(features.parameters()).device
+    fid = FrechetInceptionDistance(feature=features, normalize=True).to(device)
     for imgs, is_real in ((real, True), (fake, False)):
         for i in range(0, len(imgs), batch_size):
             fid.update(imgs[i:i + batch_size], real=is_real)
@@ -53,7 +55,9 @@ def fid_floor(features: nn.Module, real: torch.Tensor, seed: int = 0) -> tuple[f
 @torch.no_grad()
 def generate(model, scheduler, labels: torch.Tensor, guidance_scale: float, steps: int, batch_size: int = 250,
              seed: int = 0, cond_fn=None) -> torch.Tensor:
-    """Samples for each label (cond_fn(labels) -> condition dict; class labels by default), in batches."""
+    """Samples for each label (cond_fn(labels) -> condition dict; class labels by default), in batches, on the
+    model's device; the initial noise comes from a CPU generator seeded with `seed` (the same images on any
+    device). Returned on the CPU."""
     from ..diffusion import sample
 
     cfg = model.config
@@ -62,7 +66,7 @@ def generate(model, scheduler, labels: torch.Tensor, guidance_scale: float, step
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(labels), batch_size):
-        y = labels[i:i + batch_size]
+        y = labels[i:i + batch_size].to(device)
         cond = {k: v.to(device) for k, v in cond_fn(y).items()}
         out.append(sample(model, scheduler, (len(y), cfg.in_channels, cfg.input_size, cfg.input_size), cond,
                           guidance_scale, steps, generator=gen).cpu())

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 
 from ..diffusion import diffusion_loss, make_sampler, sample
-from .classify import warmup_cosine
+from .optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +21,25 @@ def label_condition(batch) -> dict:
 
 class DiffusionTask(L.LightningModule):
     """diffusion_loss(model, scheduler, images, condition(batch)) with condition dropout p_uncond;
-    AdamW (no weight decay on vectors), linear warmup + cosine decay."""
+    AdamW (no weight decay on vectors), linear warmup + cosine decay.
+
+    Timesteps, noise and condition dropout come from the global generator on the data's device. Under several
+    processes every rank starts from the same seed (identical initial weights), so at fit start rank r > 0
+    reseeds with `seed + r`: each rank draws its own timesteps and noise, while rank 0 keeps the stream a
+    one-process run has; the sampler alone decides the data order. RNGState restores each rank's own
+    stream on resume."""
 
     def __init__(self, model, scheduler, condition: Callable[[tuple], dict] = label_condition, lr: float = 1e-3,
-                 weight_decay: float = 0.0, warmup_steps: int = 100, total_steps: int = 1000, p_uncond: float = 0.1):
+                 weight_decay: float = 0.0, warmup_steps: int = 100, total_steps: int = 1000, p_uncond: float = 0.1,
+                 seed: int = 0):
         super().__init__()
         self.model, self.scheduler, self.condition = model, scheduler, condition
         self.lr, self.weight_decay, self.warmup_steps, self.total_steps = lr, weight_decay, warmup_steps, total_steps
-        self.p_uncond = p_uncond
+        self.p_uncond, self.seed = p_uncond, seed
+
+    def on_fit_start(self):
+        if self.global_rank > 0:
+            torch.manual_seed(self.seed + self.global_rank)
 
     def training_step(self, batch, _):
         loss = diffusion_loss(self.model, self.scheduler, batch[0], self.condition(batch), self.p_uncond,
@@ -37,13 +48,8 @@ class DiffusionTask(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": self.weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        fused = all(p.device.type in ("cpu", "cuda") for p in params)  # one kernel per step, as the LM's
-        opt = torch.optim.AdamW(groups, lr=self.lr, betas=(0.9, 0.99), fused=fused)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(self.warmup_steps, self.total_steps))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        opt = build_optimizer(self.model, self.lr, self.weight_decay, betas=(0.9, 0.99))
+        return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.warmup_steps, self.total_steps, 0.05)}
 
 
 def column_noise(shape_one: tuple, rows: int, seeds: list[int]) -> torch.Tensor:
@@ -88,12 +94,13 @@ class SampleGrid(L.Callback):
 
     def render(self, pl_module, path: Path) -> Path:
         model = self.ema.model if self.ema is not None and self.ema.model is not None else pl_module.model
+        device = next(model.parameters()).device  # the EMA copy stays on the accelerator after fit; the module not
         was_training = model.training
         model.eval()
         rows, cols = len(self.row_names), len(self.seeds)
         cfg = model.config
         shape_one = self.shape or (cfg.in_channels, cfg.input_size, cfg.input_size)
-        cond = {k: v.repeat_interleave(cols, 0).to(pl_module.device) for k, v in self.conditions.items()}  # row-major
+        cond = {k: v.repeat_interleave(cols, 0).to(device) for k, v in self.conditions.items()}  # (rows * cols, ...)
         images = sample(model, make_sampler(self.sampler, pl_module.scheduler.config), (rows * cols, *shape_one), cond,
                         self.guidance, self.steps, noise=column_noise(shape_one, rows, self.seeds))
         model.train(was_training)

@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..checkpoint import atomic_write_text
@@ -36,6 +37,9 @@ class SafeCheckpointIO(TorchCheckpointIO):
     loading verifies the hash and uses `torch.load(weights_only=True)`, which cannot run pickled code."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        """Order: temp file (fsynced); sidecar listing the new hash AND the current file's; rename; sidecar with
+        the new hash only. A crash at any point leaves a file whose hash the sidecar lists (the old or the new
+        one, intact) and never makes a truncated file pass."""
         buf = io.BytesIO()
         torch.save(checkpoint, buf)
         data = buf.getvalue()
@@ -46,8 +50,10 @@ class SafeCheckpointIO(TorchCheckpointIO):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        new = hashlib.sha256(data).hexdigest()
+        atomic_write_text(_sidecar(path), "\n".join([new, *_recorded_hashes(path)]))
         os.replace(tmp, path)
-        atomic_write_text(_sidecar(path), hashlib.sha256(data).hexdigest())
+        atomic_write_text(_sidecar(path), new)
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):
         verify_checkpoint(path)
@@ -58,6 +64,13 @@ class SafeCheckpointIO(TorchCheckpointIO):
             p.unlink(missing_ok=True)
 
 
+def _recorded_hashes(path: Path) -> list[str]:
+    """The hashes an existing checkpoint may have: its sidecar's, or its own when it has no sidecar."""
+    if _sidecar(path).is_file():
+        return _sidecar(path).read_text().split()
+    return [hashlib.sha256(path.read_bytes()).hexdigest()] if path.is_file() else []
+
+
 def verify_checkpoint(path) -> None:
     """Raise CorruptCheckpointError if the file is truncated, altered or unreadable."""
     path = Path(path)
@@ -65,11 +78,11 @@ def verify_checkpoint(path) -> None:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     side = _sidecar(path)
     if side.is_file():
-        want = side.read_text().strip()
+        want = side.read_text().split()  # one hash; two while a save is replacing the file
         got = hashlib.sha256(path.read_bytes()).hexdigest()
-        if got != want:
+        if got not in want:
             raise CorruptCheckpointError(f"checkpoint {path} is corrupted or truncated (sha256 {got[:12]}... "
-                                         f"!= recorded {want[:12]}...)")
+                                         f"!= recorded {want[0][:12]}...)")
         return
     try:  # no sidecar (written elsewhere): at least check that it reads
         torch.load(path, map_location="cpu", weights_only=True)
@@ -77,37 +90,73 @@ def verify_checkpoint(path) -> None:
         raise CorruptCheckpointError(f"checkpoint {path} cannot be read: {type(e).__name__}: {e}") from None
 
 
+def _recorded_step(path: Path) -> int:
+    """The global step a checkpoint was written at (-1 when it records none)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return int(ckpt.get("global_step", -1)) if isinstance(ckpt, dict) else -1
+
+
 def find_resume_checkpoint(out: str | os.PathLike) -> Path:
-    """The newest intact checkpoint under <out>/checkpoints (last.ckpt first, then by modification time).
-    Corrupted ones are reported and skipped."""
+    """The newest intact checkpoint under <out>/checkpoints: the highest recorded global step, then the latest
+    modification time (so a newer last-v1.ckpt wins over last.ckpt). Corrupted ones are reported and skipped."""
     folder = Path(out) / "checkpoints"
-    found = sorted(folder.glob("*.ckpt"), key=lambda p: (p.name == "last.ckpt", p.stat().st_mtime), reverse=True)
+    found = sorted(folder.glob("*.ckpt"))
     if not found:
         raise FileNotFoundError(f"--resume {out}: no checkpoints in {folder}; was the run started with --out {out}?")
+    ranked = []
     for path in found:
         try:
             verify_checkpoint(path)
-            return path
-        except CorruptCheckpointError as e:
+            ranked.append((_recorded_step(path), path.stat().st_mtime, path))
+        except (CorruptCheckpointError, RuntimeError, EOFError) as e:  # unreadable: fall back to an older one
             log.warning("%s; trying the previous checkpoint", e)
-    raise CorruptCheckpointError(f"every checkpoint in {folder} is corrupted: {[p.name for p in found]}")
+    if not ranked:
+        raise CorruptCheckpointError(f"every checkpoint in {folder} is corrupted: {[p.name for p in found]}")
+    return max(ranked, key=lambda r: r[:2])[2]
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose saved paths (best, last, top-k) follow the run folder: on resume, a path recorded
+    under another folder (the run was moved or copied) is replaced by the same file name in this callback's
+    dirpath when it exists there, and dropped when it does not, so a moved run never looks for the old folder
+    and a copied run never uses the other folder's best.ckpt."""
+
+    def _here(self, recorded) -> str:
+        if not recorded:
+            return recorded
+        local = Path(self.dirpath) / Path(recorded).name
+        return str(local) if local.is_file() else ""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if self.dirpath is None or Path(state_dict.get("dirpath") or self.dirpath) == Path(self.dirpath):
+            return super().load_state_dict(state_dict)
+        state = dict(state_dict, dirpath=self.dirpath)
+        for key in ("best_model_path", "last_model_path", "kth_best_model_path"):
+            state[key] = self._here(state.get(key, ""))
+        state["best_k_models"] = {self._here(k): v for k, v in state.get("best_k_models", {}).items() if self._here(k)}
+        if not state["best_model_path"]:
+            state["best_model_score"] = None
+        log.info("checkpoint paths recorded under %s now resolve under %s", state_dict.get("dirpath"), self.dirpath)
+        super().load_state_dict(state)
 
 
 class RNGState(L.Callback):
     """Saves the Python, NumPy and torch RNG states with each checkpoint and restores them just before the
-    first batch after a resume, so random draws continue exactly as in an uninterrupted run."""
+    first batch after a resume, so random draws continue exactly as in an uninterrupted run. Under several
+    processes every rank's states are gathered into the checkpoint (which rank 0 writes) and each rank gets
+    its own back."""
 
     def __init__(self):
         self._pending = None
 
     def state_dict(self) -> dict:
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        state = {"torch": torch.get_rng_state(), "python": repr(random.getstate()),
-                 "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
-                           "gauss": gauss}}
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
+        """{"ranks": [rank 0's states, rank 1's, ...]}; Lightning calls this on every rank when it saves."""
+        state = _rng_state()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(ranks, state)
+            return {"ranks": ranks}
+        return {"ranks": [state]}
 
     def load_state_dict(self, state: dict) -> None:
         self._pending = state
@@ -116,12 +165,31 @@ class RNGState(L.Callback):
         if self._pending is None:
             return
         s, self._pending = self._pending, None
-        torch.set_rng_state(s["torch"])
-        if "cuda" in s and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(s["cuda"])
-        n = s["numpy"]
-        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-        random.setstate(_literal_tuple(s["python"]))
+        ranks = s.get("ranks", [s])  # checkpoints written before per-rank states hold one flat state
+        if trainer.global_rank >= len(ranks):
+            log.warning("the checkpoint holds RNG states of %d processes; rank %d keeps its own seed",
+                        len(ranks), trainer.global_rank)
+            return
+        _set_rng_state(ranks[trainer.global_rank])
+
+
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": repr(random.getstate()),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
+                       "gauss": gauss}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    n = s["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate(_literal_tuple(s["python"]))
 
 
 def _literal_tuple(text: str):
@@ -134,12 +202,16 @@ def _literal_tuple(text: str):
 
 
 class NonFiniteGuard(L.Callback):
-    """Stops training before a non-finite loss reaches the weights, naming the step and the last good checkpoint."""
+    """Stops training before a non-finite loss reaches the weights, naming the step and the last good checkpoint.
+    The flag is reduced over ranks, so all of them raise together with the same message (none waits in a
+    collective for a rank that has stopped)."""
 
     def on_before_backward(self, trainer, pl_module, loss):
-        if not torch.isfinite(loss).all():
+        bad = trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss).all()), all=False)
+        if bad:
             folder = Path(trainer.default_root_dir) / "checkpoints"
             last = folder / "last.ckpt"
             where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
-            raise NonFiniteLossError(f"non-finite loss ({loss.detach().float().item()}) at step {trainer.global_step}; "
-                                     f"training stopped before the update; {where} (resume with --resume)")
+            raise NonFiniteLossError(f"non-finite loss at step {trainer.global_step} (on at least one of "
+                                     f"{trainer.world_size} processes); training stopped before the update; {where} "
+                                     "(resume with --resume)")
