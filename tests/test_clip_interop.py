@@ -1,11 +1,11 @@
 """open_clip <-> mmfm CLIP: embeddings and logits agree both ways (random weights, small custom configs)."""
+import open_clip
 import pytest
 import torch
 
 import mmfm
 from mmfm.interop import from_open_clip, to_open_clip
-
-open_clip = pytest.importorskip("open_clip")
+from mmfm.tokenizers import ByteBPETokenizer
 
 
 def _perturb(model, std=0.02):
@@ -62,6 +62,31 @@ def test_to_open_clip_runs_in_open_clip_and_matches():
     back = from_open_clip(oc)
     for k, v in clip.state_dict().items():
         assert torch.equal(v, back.state_dict()[k]), k
+
+
+def test_to_open_clip_with_the_headline_tokenizer_layout_pools_at_its_eot_id():
+    """The headline CLIP: a byte-level BPE (pad 0, end-of-text 1) whose eot is the smallest id, not the largest."""
+    captions = ["a photo of a cat", "a diagram of the digit seven", "a dog on grass", "two red birds"] * 5
+    tok = ByteBPETokenizer.train(captions, vocab_size=300, min_frequency=1)
+    assert tok.eos_id == 1
+    torch.manual_seed(0)
+    clip = _perturb(mmfm.build_model("clip-test", vocab_size=tok.vocab_size, eot_token_id=tok.eos_id,
+                                     tokenizer="bpe", context_length=16)).eval()
+    clip.tokenizer = tok
+    text, _ = tok.encode_batch(["a photo of a cat", "two red birds", "a dog", "the digit"], max_len=16,
+                               pad_to_max=True)
+    oc = to_open_clip(clip).eval()
+    assert oc.text_pool_type == "eos" and oc.text_eos_id == 1
+    with torch.no_grad():
+        ours = clip.encode_text(text)
+        assert _max_diff(oc.encode_text(text, normalize=True), ours) < 1e-5
+        oc.text_pool_type = "argmax"  # what the export used to build: pools at the largest id instead
+        assert _max_diff(oc.encode_text(text, normalize=True), ours) > 1e-2
+        oc.text_pool_type = "eos"
+    back = from_open_clip(oc)
+    assert back.config.eot_token_id == 1 and back.tokenizer is None
+    with torch.no_grad():
+        assert _max_diff(back.eval().encode_text(text), ours) < 1e-6
 
 
 def test_grayscale_model_converts_to_rgb_open_clip():

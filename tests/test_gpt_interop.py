@@ -1,12 +1,10 @@
 """HF GPT-2 <-> mmfm GPT: logits agree to 1e-4 both ways (tiny random GPT2Config, nothing downloaded)."""
 import pytest
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 
-transformers = pytest.importorskip("transformers")
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
-
-import mmfm  # noqa: E402
-from mmfm.interop import from_hf_gpt2, to_hf_gpt2  # noqa: E402
+import mmfm
+from mmfm.interop import from_hf_gpt2, to_hf_gpt2
 
 
 def _hf(act="gelu_new", tie=True):

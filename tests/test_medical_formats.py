@@ -1,13 +1,12 @@
 """Medical readers on tiny files made here: MedMNIST .npz, DICOM (one file and a series), NIfTI."""
+import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import torch
 
 from mmfm.data.medical import (images_to_tensor, load_npz, nifti_slices, read_dicom, read_dicom_series, read_nifti,
                                save_npz, window)
-
-pydicom = pytest.importorskip("pydicom")
-nib = pytest.importorskip("nibabel")
 
 
 def _arrays(n=(6, 3, 4), shape=(8, 8), n_labels=1, high=2):

@@ -2,8 +2,12 @@
 
 open_clip's layout: nn.MultiheadAttention (in_proj_weight = [q; k; v], out_proj), ln_1/ln_2, mlp.c_fc/c_proj,
 visual.conv1 (no bias), class_embedding, ln_pre, ln_post (on every token before cls pooling), proj; the text
-tower under the model's root with a causal attn_mask, ln_final and pooling at the argmax of the token ids
-(CLIP BPE's end-of-text has the highest id, which is where mmfm pools: the first end-of-text token).
+tower under the model's root with a causal attn_mask, ln_final and pooling at the end-of-text token. mmfm pools
+at the first end-of-text id (`config.eot_id`); open_clip pools at the argmax of the ids (right when end-of-text
+is the largest id, as in CLIP BPE) or, with text_pool_type='eos', at the first `text_eos_id`: a model whose
+end-of-text id is not the largest (a byte-level BPE with eot id 1) exports with 'eos' pooling and its id.
+Rows without an end-of-text token differ: mmfm pools the last position, open_clip the first (eos) or the
+largest id (argmax); mmfm's tokenizers always append one.
 
     clip = from_open_clip(open_clip.create_model("ViT-B-32", pretrained=None))
     oc = to_open_clip(clip)        # an open_clip.model.CLIP, runs in open_clip
@@ -51,16 +55,21 @@ def _rename(key: str) -> str:
 
 def _check_supported(model) -> None:
     import torch.nn as nn
+    from open_clip.transformer import VisionTransformer
 
-    if not hasattr(model, "token_embedding") or not hasattr(model.visual, "conv1"):
-        raise ValueError("only open_clip CLIP models with a ViT image tower and the built-in text tower convert")
+    if not isinstance(getattr(model, "visual", None), VisionTransformer):
+        raise ValueError(f"only open_clip CLIP models with a ViT image tower convert; this one has "
+                         f"{type(getattr(model, 'visual', None)).__name__} (ResNet CLIPs such as RN50 are not supported)")
+    if not hasattr(model, "token_embedding"):
+        raise ValueError("only open_clip CLIP models with the built-in text tower convert (not an HF text tower)")
     if getattr(model, "logit_bias", None) is not None:
         raise ValueError("SigLIP-style logit_bias is not supported")
     v = model.visual
     if v.attn_pool is not None or v.pool_type != "tok" or v.final_ln_after_pool:
         raise ValueError("only class-token pooling with ln_post before pooling is supported")
-    if model.text_pool_type != "argmax" or isinstance(model.text_projection, nn.Linear):
-        raise ValueError("only argmax text pooling and a bias-free text projection are supported")
+    if model.text_pool_type not in ("argmax", "eos") or isinstance(model.text_projection, nn.Linear):
+        raise ValueError(f"only end-of-text text pooling ('argmax' or 'eos') and a bias-free text projection are "
+                         f"supported; this model has text_pool_type={model.text_pool_type!r}")
     block = v.transformer.resblocks[0]
     if block.ln_1.eps != 1e-5 or not isinstance(block.ls_1, nn.Identity):
         raise ValueError("only LayerNorm eps=1e-5 and no layer scale (ls_init_value=None) are supported")
@@ -83,9 +92,20 @@ def config_from_open_clip(model) -> CLIPConfig:
         vision_width=width, vision_layers=len(v.transformer.resblocks), vision_heads=vblock.attn.num_heads,
         vocab_size=vocab, context_length=model.context_length, text_width=text_width,
         text_layers=len(model.transformer.resblocks), text_heads=tblock.attn.num_heads,
-        mlp_ratio=vblock.mlp.c_fc.out_features / width, eot_token_id=-1, tokenizer="clip",
+        mlp_ratio=vblock.mlp.c_fc.out_features / width, eot_token_id=_eot_id(model, vocab),
+        tokenizer="clip" if model.text_pool_type == "argmax" else "bpe",
         init_logit_scale=float(model.logit_scale.detach()),
     )
+
+
+def _eot_id(model, vocab: int) -> int:
+    """mmfm's eot_token_id for open_clip's pooling: -1 (the largest id) for argmax, the model's id for eos."""
+    if model.text_pool_type == "argmax":
+        return -1
+    eos = int(model.text_eos_id)
+    if not 0 <= eos < vocab:
+        raise ValueError(f"text_eos_id {eos} is outside the vocabulary [0, {vocab})")
+    return eos
 
 
 def from_open_clip(model) -> CLIP:
@@ -106,7 +126,8 @@ def from_open_clip(model) -> CLIP:
             v = v[None]  # (N + 1, W) -> (1, N + 1, W)
         sd[new] = v
     clip.load_state_dict(sd, strict=True)
-    clip.tokenizer = ClipTokenizer(cfg.context_length)
+    if model.text_pool_type == "argmax":  # CLIP BPE's layout; an 'eos' model's tokenizer is not known here
+        clip.tokenizer = ClipTokenizer(cfg.context_length)
     return clip.train(model.training)
 
 
@@ -132,8 +153,9 @@ def _inverse_key(k: str, inverse_top: dict, inverse_block: dict) -> str:
 
 def to_open_clip(clip: CLIP):
     """An mmfm CLIP -> open_clip.model.CLIP with the same weights (1-channel models get an RGB conv whose
-    output on gray images is unchanged). Text pooling in open_clip is at the argmax token id, which equals
-    mmfm's first end-of-text only when end-of-text is the largest id in use (true for CLIP BPE)."""
+    output on gray images is unchanged). Text pooling: 'argmax' when the end-of-text id is the largest id
+    (CLIP BPE), else 'eos' with `text_eos_id` = the model's end-of-text id; encode_text then equals mmfm's on
+    every row that holds an end-of-text token."""
     import open_clip
 
     c = clip.config
@@ -146,7 +168,8 @@ def to_open_clip(clip: CLIP):
                                                  patch_size=c.patch_size, image_size=c.img_size),
         text_cfg=open_clip.model.CLIPTextCfg(context_length=c.context_length, vocab_size=c.vocab_size,
                                              width=c.text_width, heads=c.text_heads, layers=c.text_layers,
-                                             mlp_ratio=c.mlp_ratio),
+                                             mlp_ratio=c.mlp_ratio, eos_id=c.eot_id,
+                                             pool_type="argmax" if c.eot_id == c.vocab_size - 1 else "eos"),
         init_logit_scale=float(clip.logit_scale.detach()),
     )
     model.load_state_dict(_open_clip_state(clip), strict=True)
