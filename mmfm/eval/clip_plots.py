@@ -20,9 +20,11 @@ def retrieval_examples(model, images: torch.Tensor, labels: torch.Tensor, source
     for src in sorted(set(sources)):
         first = {}  # the first test image of each class: a varied grid
         for i, (s, lab) in enumerate(zip(sources, labels.tolist())):
-            if s == src:
+            if s == src and (lab >= 0 or src not in classes):  # -1: no class (e.g. a caption never trained on)
                 first.setdefault(lab, i)
         rows = list(first.values())[:per_source]
+        if not rows:
+            continue
         img = encode_images(model, images[rows])
         scores = img @ txt.T  # (n, P) cosine similarities
         for r, s in zip(rows, scores):

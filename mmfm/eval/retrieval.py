@@ -17,10 +17,9 @@ def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, 
 
     groups (N,): pairs sharing a group are interchangeable answers (e.g. byte-identical captions, whose
     embeddings tie); by default every pair is its own group, the usual definition."""
-    n = image_features.shape[0]
-    groups = torch.arange(n) if groups is None else torch.as_tensor(groups)
-    groups = groups.to(image_features.device)
-    sims = image_features @ text_features.T  # (N, N)
+    n, device = image_features.shape[0], image_features.device
+    groups = torch.arange(n, device=device) if groups is None else torch.as_tensor(groups).to(device)
+    sims = image_features @ text_features.to(image_features).T  # (N, N)
     i2t, t2i = _recall(sims, groups, groups, ks), _recall(sims.T, groups, groups, ks)
     return {**{f"i2t_recall@{k}": v for k, v in i2t.items()}, **{f"t2i_recall@{k}": v for k, v in t2i.items()}}
 

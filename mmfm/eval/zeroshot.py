@@ -39,14 +39,16 @@ def zeroshot_classifier(model, tokenizer, classnames: list[str], templates: list
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
-    """{"top1": .., "top5": ..}: fraction of rows whose label is among the k highest logits."""
+    """{"top1": .., "top5": ..}: fraction of rows whose label is among the k highest logits (computed on the
+    logits' device)."""
     top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices  # (N, kmax)
-    hits = top == labels[:, None]
+    hits = top == labels.to(top.device)[:, None]
     return {f"top{k}": hits[:, :k].any(1).float().mean().item() for k in ks}
 
 
 def zeroshot_accuracy(model, tokenizer, image_features: torch.Tensor, labels: torch.Tensor, classnames: list[str],
                       templates: list[str], ks=(1, 5)) -> dict[str, float]:
-    """Top-k accuracy of the prompt-ensemble classifier on precomputed normalised image features (N, E)."""
-    weights = zeroshot_classifier(model, tokenizer, classnames, templates)
+    """Top-k accuracy of the prompt-ensemble classifier on precomputed normalised image features (N, E), on the
+    features' device and dtype."""
+    weights = zeroshot_classifier(model, tokenizer, classnames, templates).to(image_features)
     return topk_accuracy(image_features @ weights.T, labels, ks)
