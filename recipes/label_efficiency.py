@@ -6,7 +6,8 @@ full fine-tuning, at 1%, 10% and 100% of the training labels (each cell one reci
 
 --preset is the architecture of the from-scratch row (default: the supervised ViT's folder). A backbone
 folder that does not exist is skipped and reported. A finished cell (its metrics.json) is reused, so an
-interrupted grid continues. Writes <out>/results.json, <out>/table.md and the plot (--plot).
+interrupted grid continues. --data (--val-data, --test-data) take any layout finetune.py reads (docs/data.md).
+Writes <out>/results.json, <out>/table.md and the plot (--plot).
 """
 from __future__ import annotations
 
@@ -35,8 +36,11 @@ def finetune_module():
 
 def build_parser():
     p = recipe_parser(__doc__.splitlines()[0], "runs/vit/model", 200, "runs/adapt_label_efficiency")
-    p.add_argument("--data", default="brain_mri")
-    p.add_argument("--backbones", default="vit=runs/vit/model,clip=runs/clip/model", help="name=folder_or_preset,...")
+    p.add_argument("--data", default="brain_mri", help="as finetune.py: ImageFolder, path,label CSV, .npz, DICOM/NIfTI "
+                   "folder with labels.csv, or brain_mri, digits, animals")
+    p.add_argument("--val-data", default=None, help="validation images for --data (default: split from --data)")
+    p.add_argument("--test-data", default=None, help="test images for --data (default: split from --data)")
+    p.add_argument("--backbones", default="vit=runs/vit/model,clip=runs/clip/model", help="name=folder_or_preset,... ('' for the scratch row only)")
     p.add_argument("--methods", default="linear,lora,full")
     p.add_argument("--fractions", default="0.01,0.1,1.0")
     p.add_argument("--sanity-data", default="animals", help="a second task for a sanity row ('' for none)")
@@ -74,6 +78,9 @@ def run_cell(args, data: str, backbone: str, init: str, method: str, fraction: f
             *[f"{k}={v}" for k, v in args.overrides.items()]]
     if backbone == "scratch":
         argv.append("--from-scratch")
+    if data == args.data:  # the sanity task brings its own splits
+        argv += [*(["--val-data", args.val_data] if args.val_data else []),
+                 *(["--test-data", args.test_data] if args.test_data else [])]
     metrics = finetune_module().main(argv)
     return {**row, **{k: metrics.get(k) for k in COLUMNS}}
 
@@ -139,7 +146,7 @@ def plot(rows: list[dict], data: str, path: Path, metric: str = "test/balanced_a
 def main(argv=None):
     setup_logging()
     args = parse_args(build_parser(), argv)
-    backbones = available(dict(item.split("=", 1) for item in args.backbones.split(",")))
+    backbones = available(dict(item.split("=", 1) for item in args.backbones.split(",") if item))
     scratch = available({"scratch": args.preset})
     grid = [(args.data, {**scratch, **backbones}, args.fractions)]
     if args.sanity_data:

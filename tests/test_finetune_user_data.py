@@ -192,3 +192,16 @@ def test_finetune_ddp_two_cpu_processes(tmp_path):
     assert proc.stderr.count("wrote ") == 1  # rank 0 alone writes metrics.json
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and mmfm.build_model(out / "model").config.num_classes == 2
+
+
+def test_label_efficiency_on_user_folders(tmp_path):
+    train = write_image_folder(tmp_path / "train", classes=("a", "b"), per_class=10)
+    test = write_image_folder(tmp_path / "test", classes=("a", "b"), per_class=3, first=50)
+    out = tmp_path / "grid"
+    rows = _recipe("label_efficiency").main(
+        ["--preset", "vit-test", "--data", str(train), "--test-data", str(test), "--backbones", "", "--methods", "linear",
+         "--fractions", "1.0", "--sanity-data", "", "--max-steps", "2", "--out", str(out), "--plot", str(tmp_path / "p.png"),
+         "val_every=1"])
+    assert [(r["backbone"], r["method"], r["data"]) for r in rows] == [("scratch", "linear", "train")]
+    cell = json.loads((out / "train" / "scratch_linear_f1" / "metrics.json").read_text())
+    assert cell["split/test"] == 6 and cell["split/train"] + cell["split/val"] == 20

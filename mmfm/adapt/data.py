@@ -58,8 +58,8 @@ def to_backbone_input(images: np.ndarray, img_size: int, in_chans: int, mean, st
         x = x.mean(1, keepdim=True)  # (N, 1, H, W)
     if x.shape[-1] != img_size or x.shape[-2] != img_size:
         x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False)
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     if m.shape[1] != x.shape[1] and m.shape[1] > 1:  # grey input, per-channel stats: use their mean
         m, s = m.mean(1, keepdim=True), s.mean(1, keepdim=True)
     return (x - m) / s
