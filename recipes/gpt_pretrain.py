@@ -60,6 +60,25 @@ def plan_data(args, train: LMTrainConfig, data_cfg: TextDataConfig) -> TextPlan:
                           preset_tok if preset_tok.is_dir() else None)
 
 
+def add_data_flags(parser) -> None:
+    for flag, what in (("--data", "training text: a .txt/.md file or folder, .jsonl, a HF datasets folder, "
+                                  ".tar shards, or a token folder (default: the data= override's token folder)"),
+                       ("--val-data", "held-out text (default: val_fraction of --data's documents)"),
+                       ("--test-data", "test text, scored at the end as test_loss (default: test_fraction of "
+                                       "--data's documents; 0: none)")):
+        if flag not in parser._option_string_actions:  # recipe_parser may come to hold the shared ones
+            parser.add_argument(flag, default=None, help=what)
+
+
+def score_test_split(model, folder: str | Path) -> dict:
+    """Loss on the whole test split (test.bin, from --test-data or test_fraction) when the folder has one."""
+    path = Path(folder) / "test.bin"
+    if not path.is_file():
+        return {}
+    loss, tokens, _ = evaluate(model, val_windows(path, model.config.block_size))
+    return {"test_loss": round(loss, 4), "test_tokens": tokens}
+
+
 def build_model(args, tok, model_overrides: dict):
     """The model, its vocabulary sized to the data's tokenizer (a saved --preset folder keeps its own)."""
     if not Path(args.preset).is_dir():
@@ -116,12 +135,7 @@ def main(argv=None) -> dict:
     setup_logging()
     parser = recipe_parser(__doc__.splitlines()[0], preset="gpt-shakespeare-char", max_steps=20000,
                            out="runs/gpt_shakespeare")
-    for flag, what in (("--data", "training text: a .txt/.md file or folder, .jsonl, a HF datasets folder, "
-                                  ".tar shards, or a token folder (default: the data= override's token folder)"),
-                       ("--val-data", "held-out text (default: val_fraction of --data's documents)"),
-                       ("--test-data", "test text (default: test_fraction of --data's documents, 0: none)")):
-        if flag not in parser._option_string_actions:  # recipe_parser may come to hold the shared ones
-            parser.add_argument(flag, default=None, help=what)
+    add_data_flags(parser)
     args = parse_args(parser, argv)
     base = mmfm.build_model(args.preset).config if Path(args.preset).is_dir() else mmfm.get_config(args.preset)
     routed = split_overrides(args.overrides, model=base, train=LMTrainConfig(), data=TextDataConfig())
@@ -158,6 +172,7 @@ def main(argv=None) -> dict:
         "train_loss": history.history["train/loss"][-1][1] if history.history.get("train/loss") else None,
         "target_val_loss": train.target_val_loss, "reached_target": val_loss <= train.target_val_loss,
         "params": model.num_params(), "preset": args.preset, "data": plan.info["path"], "data_info": plan.info,
+        **score_test_split(model, train.data),
         "model_config": model.config.to_dict(), "train_config": dataclasses.asdict(train),
     }
     plot_curve(args.out, train.batch_size * model.config.block_size, train.target_val_loss)

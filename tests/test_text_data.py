@@ -242,3 +242,15 @@ def test_ddp_two_processes_on_a_text_file(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["steps"] == 3 and metrics["data_info/format"] == "text file"
     assert [p.name for p in (out / "data").iterdir()] == [Path(metrics["train_config/data"]).name]  # one, shared
+
+
+def test_given_val_and_test_files_through_the_recipe(tmp_path):
+    docs = _docs(60)
+    for name, part in (("train", docs[:40]), ("val", docs[40:50]), ("test", docs[50:])):
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in part))
+    out = tmp_path / "run"
+    _recipe().main(["--data", str(tmp_path / "train.jsonl"), "--val-data", str(tmp_path / "val.jsonl"),
+                    "--test-data", str(tmp_path / "test.jsonl"), "--out", str(out), *RUN])
+    saved = json.loads((out / "metrics.json").read_text())
+    assert (saved["data_info/splits/train"], saved["data_info/splits/val"], saved["data_info/splits/test"]) == (40, 10, 10)
+    assert saved["test_loss"] > 0 and saved["test_tokens"] > 0 and saved["data_info/given"] == ["test", "val"]
