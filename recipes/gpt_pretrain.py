@@ -154,7 +154,7 @@ def main(argv=None) -> dict:
              f"{meta['train_tokens']:,}")
     clock, history = BudgetClock(train.time_budget_s), LossHistory(args.out, title=f"{args.preset} on {train.data}")
     task = LMTask(model, train, args.max_steps, clock)
-    trainer = make_trainer(args, callbacks=[clock, history, CountCompleted(stream)], val_every=train.val_every,
+    trainer = make_trainer(args, callbacks=[history, CountCompleted(stream)], val_every=train.val_every,
                            gradient_clip_val=train.grad_clip or None, num_sanity_val_steps=0)
     trainer.fit(task, train_loader, val_loader, ckpt_path=checkpoint_to_resume(args.resume))
     if not trainer.is_global_zero:  # under DDP, rank 0 evaluates and writes the outputs

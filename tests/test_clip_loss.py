@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mmfm.losses.contrastive import ClipLoss, contrastive_accuracy
-from mmfm.train.clip import cosine_with_warmup, param_groups
+from mmfm.train.optim import param_groups, warmup_cosine
 
 
 @pytest.mark.parametrize("batch,dim,scale", [(8, 16, 1 / 0.07), (33, 32, 100.0), (2, 4, 1.0)])
@@ -35,7 +35,7 @@ def test_perfect_pairs_give_low_loss_and_full_accuracy():
 
 
 def test_schedule_and_decay_groups():
-    f = cosine_with_warmup(10, 110, 0.1)
+    f = warmup_cosine(10, 110, 0.1)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
     import mmfm

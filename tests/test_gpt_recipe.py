@@ -52,9 +52,9 @@ def test_time_budget_stops_training_and_completes_the_schedule(tmp_path):
 
 
 def test_cosine_schedule():
-    from mmfm.train.lm import cosine_lr
+    from mmfm.train.optim import warmup_cosine
 
-    assert cosine_lr(0, 100, 10, 1.0, 0.1) == 0.1  # warmup starts at lr / warmup
-    assert cosine_lr(9, 100, 10, 1.0, 0.1) == 1.0
-    assert abs(cosine_lr(100, 100, 10, 1.0, 0.1) - 0.1) < 1e-9
-    assert abs(cosine_lr(20, 100, 10, 1.0, 0.1, progress=1.0) - 0.1) < 1e-9  # a spent time budget ends it
+    assert warmup_cosine(10, 100, 0.1)(0) == 0.1  # warmup starts at lr / warmup
+    assert warmup_cosine(10, 100, 0.1)(9) == 1.0
+    assert abs(warmup_cosine(10, 100, 0.1)(100) - 0.1) < 1e-9
+    assert abs(warmup_cosine(10, 100, 0.1, progress=lambda: 1.0)(20) - 0.1) < 1e-9  # a spent time budget ends it

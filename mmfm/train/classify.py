@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.sources import ANIMAL_NAMES, DIGIT_NAMES, load_animals, load_mnist5k, split_indices
+from .optim import build_optimizer, build_scheduler
 
 DATASETS = {"digits": (load_mnist5k, DIGIT_NAMES), "animals": (load_animals, ANIMAL_NAMES)}
 
@@ -121,19 +122,5 @@ class ClassifyTask(L.LightningModule):
         self.log("val/accuracy", (logits.argmax(-1) == labels).float().mean(), prog_bar=True)
 
     def configure_optimizers(self):
-        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(self.warmup_steps, self.total_steps))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def warmup_cosine(warmup: int, total: int, floor: float = 0.05):
-    """LR multiplier: linear warmup to 1, then cosine to `floor`."""
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(warmup, 1)
-        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    return f
+        opt = build_optimizer(self.model, self.lr, self.weight_decay)
+        return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.warmup_steps, self.total_steps, 0.05)}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import lightning as L
@@ -10,6 +9,8 @@ import torch
 
 from ..config import opt
 from ..losses.contrastive import ClipLoss, contrastive_accuracy
+from .budget import BudgetClock
+from .optim import build_optimizer, build_scheduler
 
 
 @dataclass
@@ -26,47 +27,10 @@ class ClipTrain:
     shuffle: int = opt(2000, lo=0)  # sample shuffle buffer
     augment: bool = True  # small random affine on training images
     random_caption: bool = True  # draw a fresh caption from json["captions"] each time an image is seen
-    train_minutes: float = opt(9.0, lo=0.0)  # wall-clock budget of fitting (Lightning max_time)
+    train_minutes: float = opt(9.0, lo=0.0)  # training-time budget (0: none; stop at --max-steps), one clock for all ranks
     schedule_by_time: bool = True  # the cosine follows max(step / max_steps, elapsed / budget): it always anneals
     eval_batch: int = opt(512, lo=1)
     max_bad_fraction: float = opt(0.05, lo=0.0, hi=1.0)  # stop when more than this fraction of samples could not be decoded
-
-
-def cosine_with_warmup(warmup: int, total: int, min_ratio: float, time_fraction=None):
-    """LR factor per step: linear warmup, then cosine to min_ratio. With `time_fraction` (a callable giving the
-    fraction of a wall-clock budget used), progress is the larger of the step and time fractions."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        t = min((step - warmup) / max(total - warmup, 1), 1.0)
-        if time_fraction is not None:
-            t = max(t, min(time_fraction(), 1.0))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return factor
-
-
-class Budget:
-    """Fraction of a wall-clock budget used since start() (0 before it)."""
-
-    def __init__(self, seconds: float):
-        self.seconds, self.t0 = seconds, None
-
-    def start(self):
-        self.t0 = time.perf_counter()
-
-    def __call__(self) -> float:
-        return 0.0 if self.t0 is None else (time.perf_counter() - self.t0) / self.seconds
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """open_clip's split: no decay on gains, biases, norms and the logit scale (tensors with < 2 dims)."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 class TooManyBadSamples(RuntimeError):
@@ -74,7 +38,8 @@ class TooManyBadSamples(RuntimeError):
 
 
 def check_bad_fraction(bad: int, good: int, limit: float, min_seen: int = 100) -> None:
-    """Stop a run whose data is mostly broken rather than train on what little decodes."""
+    """Stop a run whose data is mostly broken rather than train on what little decodes (pass counts summed over
+    ranks, so that every rank decides alike)."""
     seen = bad + good
     if seen >= min_seen and bad / seen > limit:
         raise TooManyBadSamples(f"{bad} of {seen} samples ({bad / seen:.1%}) could not be decoded, more than "
@@ -88,11 +53,16 @@ class ClipTask(L.LightningModule):
         self.loss_fn = ClipLoss()
         self.samples_seen = 0
         self.skipped: dict[int, int] = {}  # DataLoader worker -> undecodable samples it skipped so far
-        self.budget = Budget(train.train_minutes * 60) if train.schedule_by_time else None
+        self.clock = BudgetClock(train.train_minutes * 60)
 
-    def on_train_start(self):
-        if self.budget is not None:
-            self.budget.start()
+    def configure_callbacks(self):
+        return [self.clock]
+
+    def _check_bad(self):
+        """The bad-sample check on counts summed over ranks: every rank stops at the same step, same message."""
+        counts = torch.tensor([sum(self.skipped.values()), self.samples_seen], dtype=torch.float64, device=self.device)
+        bad, good = (int(v) for v in self.trainer.strategy.reduce(counts, reduce_op="sum").tolist())
+        check_bad_fraction(bad, good, self.train_cfg.max_bad_fraction)
 
     def training_step(self, batch, batch_idx):
         image, text, scale = self.model(batch["images"], batch["text"])
@@ -101,7 +71,7 @@ class ClipTask(L.LightningModule):
         if "skipped" in batch:
             worker, count = batch["skipped"]
             self.skipped[int(worker)] = int(count)
-            check_bad_fraction(sum(self.skipped.values()), self.samples_seen, self.train_cfg.max_bad_fraction)
+        self._check_bad()
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/logit_scale", scale.detach())
         self.log("train/batch_acc", contrastive_accuracy(image.detach(), text.detach()))
@@ -114,7 +84,6 @@ class ClipTask(L.LightningModule):
 
     def configure_optimizers(self):
         t = self.train_cfg
-        opt = torch.optim.AdamW(param_groups(self.model, t.weight_decay), lr=t.lr, betas=(0.9, t.beta2), eps=1e-6)
-        factor = cosine_with_warmup(t.warmup, self.max_steps, t.min_lr_ratio, self.budget)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        opt = build_optimizer(self.model, t.lr, t.weight_decay, betas=(0.9, t.beta2), eps=1e-6)
+        progress = self.clock.fraction if t.schedule_by_time and self.clock.budget_s > 0 else None
+        return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, t.warmup, self.max_steps, t.min_lr_ratio, progress)}

@@ -1,7 +1,6 @@
-"""Language-model pretraining: a training config, a thin LightningModule, a clock, an evaluator."""
+"""Language-model pretraining: a training config, a thin LightningModule, an evaluator."""
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -10,6 +9,8 @@ import torch
 
 from ..config import opt
 from ..losses.lm import lm_loss
+from .budget import BudgetClock
+from .optim import build_optimizer, build_scheduler, maybe_compile
 
 
 @dataclass
@@ -36,44 +37,24 @@ class LMTrainConfig:
     threads: int = opt(0, lo=0)  # torch threads (0: leave torch's default)
 
 
-def cosine_lr(step: int, max_steps: int, warmup: int, lr: float, min_lr: float, progress: float = 0.0) -> float:
-    """Linear warmup to `lr` over `warmup` steps, then cosine decay to `min_lr` at the end of training:
-    at step `max_steps`, or earlier when `progress` (e.g. the fraction of a time budget spent) reaches 1."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    frac = min(1.0, max((step - warmup) / max(1, max_steps - warmup), progress))
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * frac))
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices (linear weights, embeddings), none on norms, biases, gains."""
-    seen, decay, no_decay = set(), [], []
-    for p in model.parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 class LMTask(L.LightningModule):
     """Next-token prediction on (x, y) batches; logs train/loss, val/loss and the learning rate.
-    With cfg.time_budget_s and a TrainClock, training stops once the budget is spent."""
+    With cfg.time_budget_s, a BudgetClock (made here unless given) stops training once the budget is spent,
+    on every rank at the same step, and the cosine follows the larger of the step and budget fractions."""
 
-    def __init__(self, model: torch.nn.Module, cfg: LMTrainConfig, max_steps: int, clock: "TrainClock | None" = None):
+    def __init__(self, model: torch.nn.Module, cfg: LMTrainConfig, max_steps: int, clock: BudgetClock | None = None):
         super().__init__()
-        self.model, self.cfg, self.max_steps, self.clock = model, cfg, max_steps, clock
-        if cfg.time_budget_s and clock is None:
-            raise ValueError("time_budget_s needs a TrainClock (also passed to the Trainer's callbacks)")
-        if cfg.compile:
-            self.compile()  # compiles self.forward in place; state_dict keys are unchanged
+        self.model, self.cfg, self.max_steps = model, cfg, max_steps
+        self.clock = clock if clock is not None else BudgetClock(cfg.time_budget_s)
+        if self.clock.budget_s != (cfg.time_budget_s or 0.0):
+            raise ValueError(f"the clock's budget ({self.clock.budget_s} s) differs from time_budget_s={cfg.time_budget_s}")
+        maybe_compile(self, cfg.compile)
 
     def forward(self, idx):
         return self.model(idx)
 
-    def budget_spent(self) -> float:
-        """Fraction of the time budget used so far (0 without a budget)."""
-        return self.clock.elapsed() / self.cfg.time_budget_s if self.cfg.time_budget_s else 0.0
+    def configure_callbacks(self):
+        return [self.clock]  # the same clock the recipe may also pass to the Trainer
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -81,57 +62,17 @@ class LMTask(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.budget_spent() >= 1.0:
-            self.trainer.should_stop = True
-
     def validation_step(self, batch, batch_idx):
         x, y = batch
         self.log("val/loss", lm_loss(self(x), y), prog_bar=True, batch_size=x.numel())  # token-weighted mean
 
     def configure_optimizers(self):
         c = self.cfg
-        fused = all(p.device.type in ("cpu", "cuda") for p in self.model.parameters())
-        opt = torch.optim.AdamW(param_groups(self.model, c.weight_decay), lr=c.lr, betas=(c.beta1, c.beta2),
-                                fused=fused)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: cosine_lr(s, self.max_steps, c.warmup_steps, c.lr, c.min_lr, self.budget_spent()) / c.lr)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-class TrainClock(L.Callback):
-    """Seconds spent training (validation excluded) and seconds spent validating."""
-
-    def __init__(self):
-        self.train_s = self.val_s = 0.0
-        self._t, self._in_val = None, False
-
-    def _start(self):
-        self._t = time.perf_counter()
-
-    def _stop(self) -> float:
-        dt, self._t = (time.perf_counter() - self._t if self._t is not None else 0.0), None
-        return dt
-
-    def elapsed(self) -> float:
-        """Training seconds so far, the current stretch included."""
-        return self.train_s + (time.perf_counter() - self._t if self._t is not None and not self._in_val else 0.0)
-
-    def on_train_start(self, trainer, pl_module):
-        self._start()
-
-    def on_validation_start(self, trainer, pl_module):
-        self.train_s += self._stop()
-        self._in_val = True
-        self._start()
-
-    def on_validation_end(self, trainer, pl_module):
-        self.val_s += self._stop()
-        self._in_val = False
-        self._start()
-
-    def on_train_end(self, trainer, pl_module):
-        self.train_s += self._stop()
+        opt = build_optimizer(self.model, c.lr, c.weight_decay, betas=(c.beta1, c.beta2))
+        progress = self.clock.fraction if c.time_budget_s else None
+        return {"optimizer": opt,
+                "lr_scheduler": build_scheduler(opt, c.warmup_steps, self.max_steps, c.min_lr / c.lr if c.lr else 0.0,
+                                                 progress)}
 
 
 @torch.no_grad()

@@ -75,3 +75,10 @@ def build_scheduler(opt: torch.optim.Optimizer, warmup: int, total: int, min_rat
     """Lightning's per-step scheduler dict around `warmup_cosine`."""
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup, total, min_ratio, progress))
     return {"scheduler": sched, "interval": "step"}
+
+
+def maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """`compile=true` for every task: torch.compile the module's forward in place (state_dict keys unchanged)."""
+    if enabled:
+        module.compile()
+    return module

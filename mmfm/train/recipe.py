@@ -43,6 +43,8 @@ def recipe_parser(description: str, preset: str, max_steps: int, out: str) -> ar
     p.add_argument("--preset", default=preset, help="model preset name or a saved model folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS),
+                   help="auto: bf16-mixed on a CUDA device with bf16, 16-mixed on one without, 32-true on CPU")
     p.add_argument("--devices", type=int, default=1, help="processes/GPUs on this node")
     p.add_argument("--num-nodes", type=int, default=1)
     p.add_argument("--strategy", default="auto", help="Lightning strategy: auto, ddp, fsdp, ...")
@@ -99,12 +101,21 @@ def split_overrides(overrides: dict, **targets) -> dict[str, dict]:
     return routed
 
 
-def resolve_accelerator(device: str) -> tuple[str, str]:
-    """(Lightning accelerator, precision): bf16-mixed on CUDA, fp32 on CPU (bf16 is 10-150x slower there)."""
+PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed", "bf16-true")
+
+
+def resolve_accelerator(device: str, precision: str = "auto") -> tuple[str, str]:
+    """(Lightning accelerator, precision). Automatic precision: bf16-mixed on a CUDA device that supports bf16,
+    16-mixed on one that does not, 32-true on CPU (bf16 is 10-150x slower there)."""
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but no CUDA device is visible")
-    if device in ("auto", "cuda") and torch.cuda.is_available():
-        return "gpu", "bf16-mixed"
+    if precision not in ("auto", *PRECISIONS):
+        raise ConfigError(f"--precision {precision!r}: expected auto or one of {', '.join(PRECISIONS)}")
+    gpu = device in ("auto", "cuda") and torch.cuda.is_available()
+    if precision != "auto":
+        return ("gpu" if gpu else "cpu"), ("32-true" if precision == "32" else precision)
+    if gpu:
+        return "gpu", ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed")
     return "cpu", "32-true"
 
 
@@ -125,23 +136,24 @@ def make_trainer(args: argparse.Namespace, callbacks=(), val_every: int | None =
     steps (the last `keep_last` plus last.ckpt, and the best by `best_metric` if given), exact RNG resume,
     and a stop on a non-finite loss."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
-    from .reliability import NonFiniteGuard, RNGState, SafeCheckpointIO
+    from .budget import BudgetProgressBar
+    from .reliability import NonFiniteGuard, RNGState, RunCheckpoint, SafeCheckpointIO
 
-    accelerator, precision = resolve_accelerator(args.device)
+    quiet_lightning()
+    accelerator, precision = resolve_accelerator(args.device, getattr(args, "precision", "auto"))
     ckpt_every = getattr(args, "ckpt_every", None) or ckpt_every
     folder = Path(args.out) / "checkpoints"
-    ckpts = [ModelCheckpoint(dirpath=folder, filename="step{step:07d}", auto_insert_metric_name=False,
+    ckpts = [RunCheckpoint(dirpath=folder, filename="step{step:07d}", auto_insert_metric_name=False,
                              save_last=True, save_top_k=keep_last, monitor="step", mode="max",
                              every_n_train_steps=ckpt_every)]
     if best_metric:
-        ckpts.append(ModelCheckpoint(dirpath=folder, filename="best", monitor=best_metric, mode="min",
+        ckpts.append(RunCheckpoint(dirpath=folder, filename="best", monitor=best_metric, mode="min",
                                      save_top_k=1, auto_insert_metric_name=False))
     kw.setdefault("log_every_n_steps", 10)
     kw.setdefault("logger", CSVLogger(args.out, name="logs", version=""))
-    bar = [TQDMProgressBar(refresh_rate=10)] if kw.get("enable_progress_bar", True) else []
+    bar = [BudgetProgressBar(refresh_rate=10)] if kw.get("enable_progress_bar", True) else []
     return L.Trainer(
         accelerator=accelerator, devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
         precision=precision, max_steps=args.max_steps, max_epochs=-1, default_root_dir=args.out,
@@ -163,11 +175,20 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def global_rank() -> int:
+    """This process's global rank as Lightning set it (0 outside distributed runs)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
 def write_metrics(out: str | os.PathLike, metrics: dict, name: str = "metrics.json") -> Path:
-    """Atomically write a flat JSON object of final metrics."""
+    """Atomically write a flat JSON object of final metrics (on global rank 0 only; other ranks write nothing)."""
     from ..checkpoint import atomic_write_text
 
     path = Path(out) / name
+    if global_rank() != 0:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(flatten(metrics), indent=2, sort_keys=True))
     log.info("wrote %s", path)
@@ -183,13 +204,34 @@ class Timer:
         return time.perf_counter() - self.start
 
 
+class _DropLitLoggerTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """Silence two messages every new user saw and cannot act on: Lightning's "litlogger" tip and torch's
+    `LeafSpec` deprecation (raised inside Lightning's own pytree helper). Other messages stay."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLitLoggerTip) for f in logger.filters):
+            logger.addFilter(_DropLitLoggerTip())
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    quiet_lightning()
 
 
 def finish(args: argparse.Namespace, model, metrics: dict, timer: Timer | None = None) -> dict:
-    """Save the final model folder to <out>/model and write <out>/metrics.json (with wall_s)."""
+    """Save the final model folder to <out>/model and write <out>/metrics.json (with wall_s), on global rank 0
+    only: a recipe that forgets its rank check still writes once."""
     out = Path(args.out)
+    if global_rank() != 0:
+        return metrics
     model.save_pretrained(out / "model")
     if timer is not None:
         metrics = {**metrics, "wall_s": round(timer.elapsed, 2)}

@@ -1,0 +1,154 @@
+"""The one training clock (mmfm.train.budget): ranks agree on the stop step and the schedule under DDP, and a
+killed time-budgeted run, resumed, trains only the rest of its budget with the schedule continuing."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+import mmfm
+from mmfm.data.tokens import build_token_files
+from mmfm.train.budget import BudgetClock
+
+from test_gpt_reliability import ROOT, TEXT, Crash, _recipe
+
+ARGS = ["--preset", "gpt-test", "block_size=32", "batch_size=4", "val_every=1000", "val_tokens=256",
+        "final_val_tokens=512", "sample_tokens=0", "warmup_steps=2", "lr=1e-2", "dropout=0.1"]
+TICK = 0.125  # fake seconds per training step (exact in binary: step counts are exact)
+
+
+class Tick(L.Callback):
+    """A fake clock: TICK seconds pass at the start of each training step (so the budget is exact)."""
+    now = [0.0]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        Tick.now[0] += TICK
+
+
+class LastLR(L.Callback):
+    lr = [None]
+
+    def on_train_end(self, trainer, pl_module):
+        LastLR.lr[0] = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def _run(out, data, monkeypatch, crash_at=None, resume=False):
+    module = _recipe()
+    real = module.make_trainer
+    extra = [Tick(), LastLR()] + ([Crash(crash_at)] if crash_at is not None else [])
+    monkeypatch.setattr(module, "make_trainer", lambda args, callbacks=(), **kw: real(args, [*extra, *callbacks], **kw))
+    monkeypatch.setattr(BudgetClock, "_now", staticmethod(lambda: Tick.now[0]))
+    argv = ["--out", str(out), "--max-steps", "1000", "--ckpt-every", "3", f"data={data}", *ARGS, "time_budget_s=2.0"]
+    return module.main(argv + (["--resume", str(out)] if resume else []))
+
+
+def test_clock_state_round_trips_and_resume_trains_the_rest_of_the_budget(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    build_token_files(TEXT, data, "char")
+    clean = _run(tmp_path / "clean", data, monkeypatch)
+    clean_lr = LastLR.lr[0]
+    assert clean["steps"] == 2.0 / TICK  # the budget, not --max-steps, ended the run
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(tmp_path / "crashed", data, monkeypatch, crash_at=8)  # last checkpoint: step 6
+    ckpt = torch.load(tmp_path / "crashed" / "checkpoints" / "last.ckpt", weights_only=True)
+    clock_state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("BudgetClock"))
+    assert ckpt["global_step"] == 6 and clock_state["train_s"] == 6 * TICK
+    resumed = _run(tmp_path / "crashed", data, monkeypatch, resume=True)
+    assert resumed["steps"] == clean["steps"]  # without the saved clock: 6 + 16 steps
+    assert resumed["train_s"] == pytest.approx(clean["train_s"])
+    assert LastLR.lr[0] == pytest.approx(clean_lr, rel=1e-9)  # the cosine continued where it stopped
+    a = mmfm.build_model(tmp_path / "clean" / "model").state_dict()
+    b = mmfm.build_model(tmp_path / "crashed" / "model").state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_zero_budget_trains_for_max_steps(tmp_path):
+    data = tmp_path / "data"
+    build_token_files(TEXT, data, "char")
+    metrics = _recipe().main(["--out", str(tmp_path / "run"), "--max-steps", "5", f"data={data}", *ARGS,
+                              "time_budget_s=0"])
+    assert metrics["steps"] == 5
+
+
+def test_clock_excludes_validation_and_rejects_negative_budgets():
+    clock, now = BudgetClock(10.0), [0.0]
+    clock._now = lambda: now[0]
+    clock.on_train_start(None, None)
+    now[0] = 3.0
+    clock.on_validation_start(None, None)
+    now[0] = 5.0  # 2 s of validation
+    clock.on_validation_end(None, None)
+    now[0] = 6.0
+
+    class Strategy:
+        def broadcast(self, obj, src=0):
+            return obj
+
+    class Trainer:
+        strategy, should_stop = Strategy(), False
+
+    t = Trainer()
+    clock.on_train_batch_end(t, None, None, None, 0)
+    assert clock.train_s == 4.0 and clock.val_s == 2.0 and clock.fraction() == 0.4 and not t.should_stop
+    now[0] = 12.0
+    clock.on_train_batch_end(t, None, None, None, 1)
+    assert t.should_stop
+    with pytest.raises(ValueError, match="time budget"):
+        BudgetClock(-1)
+
+
+DRIVER = textwrap.dedent('''
+    """Runs recipes/gpt_pretrain.py under DDP with rank 1's clock running 3x fast and starting late; each rank
+    writes its final step, learning rate and weights."""
+    import sys, time, importlib.util
+    from pathlib import Path
+    import lightning as L
+    import torch
+    from mmfm.train.budget import BudgetClock
+
+    OUT = Path(sys.argv[1])
+
+    class Report(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            if trainer.global_rank == 1:
+                time.sleep(0.5)  # a rank that starts late
+                real = BudgetClock._now
+                BudgetClock._now = staticmethod(lambda: 3 * real())  # and whose clock runs fast
+
+        def on_train_end(self, trainer, pl_module):
+            torch.save({"step": trainer.global_step, "lr": trainer.optimizers[0].param_groups[0]["lr"],
+                        "weights": pl_module.model.state_dict()}, OUT / f"rank{trainer.global_rank}.pt")
+
+    spec = importlib.util.spec_from_file_location("gpt_pretrain", sys.argv[2])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    real = module.make_trainer
+    module.make_trainer = lambda args, callbacks=(), **kw: real(args, [*callbacks, Report()], **kw)
+    if __name__ == "__main__":
+        module.main(sys.argv[3:])
+''')
+
+
+def test_ddp_ranks_stop_together_with_identical_weights_under_a_time_budget(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "ddp"
+    build_token_files(TEXT, data, "char")
+    out.mkdir()
+    (tmp_path / "driver.py").write_text(DRIVER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(tmp_path / "driver.py"), str(out), str(ROOT / "recipes" / "gpt_pretrain.py"),
+           "--out", str(out), "--max-steps", "100000", "--device", "cpu", "--devices", "2", "--strategy", "ddp",
+           f"data={data}", *ARGS, "time_budget_s=3"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    assert 0 < r0["step"] == r1["step"] < 100000
+    assert r0["lr"] == r1["lr"]
+    for k, v in r0["weights"].items():
+        assert torch.equal(v, r1["weights"][k]), k
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == r0["step"] and metrics["world_size"] == 2
