@@ -81,6 +81,8 @@ def build_model(name_or_path: str | os.PathLike, **overrides):
     change that. A preset name that is also a saved folder in the working directory is refused as ambiguous:
     pass "./NAME" (or a Path) for the folder. A config whose parameters cannot fit in memory is refused
     before anything is allocated."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"build_model takes a preset name or a folder path, got {type(name_or_path).__name__}")
     path, name = Path(name_or_path), str(name_or_path)
     is_preset, is_folder = name in _PRESETS, (path / "config.json").is_file()
     if is_preset and is_folder and isinstance(name_or_path, str):

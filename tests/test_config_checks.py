@@ -114,3 +114,8 @@ def test_absurd_sizes_are_refused_with_real_memory():
 
 def test_available_memory_is_plausible():
     assert 2**20 < registry.available_memory() < 2**50
+
+
+def test_name_of_the_wrong_type_is_refused():
+    with pytest.raises(TypeError, match="preset name or a folder path, got int"):
+        mmfm.build_model(123)
