@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent('''
 
     import mmfm
     from mmfm.losses.lm import lm_loss
-    from mmfm.train.strategies import ShardedTask, build_strategy, is_sharded
+    from mmfm.train.strategies import ShardedTask, build_strategy, gathered, is_sharded
 
     mode, out = sys.argv[1], sys.argv[2]
 
@@ -37,7 +37,7 @@ SCRIPT = textwrap.dedent('''
                 torch.save({"grads": grads, **meta}, out)
 
         def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.0)
+            return torch.optim.SGD(self.parameters(), lr=0.1)
 
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (8, 16), generator=g)
@@ -47,7 +47,14 @@ SCRIPT = textwrap.dedent('''
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=build_strategy(mode, devices), max_steps=1,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
-    trainer.fit(Task(), loader)
+    task = Task()
+    trainer.fit(task, loader)
+    plain = gathered(task.model)  # every rank calls it; rank 0 gets the full weights
+    if trainer.is_global_zero:
+        saved = torch.load(out, weights_only=True)
+        saved["weights"] = {k: v.clone() for k, v in plain.state_dict().items()}
+        saved["plain_is_sharded"] = is_sharded(plain)
+        torch.save(saved, out)
 ''')
 
 
@@ -66,3 +73,7 @@ def test_fsdp2_gradients_equal_one_process_full_batch(tmp_path):
     assert sharded["grads"].keys() == single["grads"].keys() and len(single["grads"]) > 10
     for name, g in single["grads"].items():
         torch.testing.assert_close(sharded["grads"][name], g, atol=1e-5, rtol=1e-4, msg=name)
+    # after one SGD step the gathered, unsharded weights equal the single process's
+    assert not sharded["plain_is_sharded"]
+    for name, w in single["weights"].items():
+        torch.testing.assert_close(sharded["weights"][name], w, atol=1e-6, rtol=1e-5, msg=name)

@@ -65,3 +65,23 @@ def build_strategy(name: str, devices: int = 1, num_nodes: int = 1):
 
     return ModelParallelStrategy(data_parallel_size=devices * num_nodes, tensor_parallel_size=1,
                                  save_distributed_checkpoint=False)
+
+
+def gathered(model: nn.Module) -> nn.Module | None:
+    """Call on EVERY rank after fit (it is a collective when sharded): the model itself when it is not sharded;
+    for an FSDP2-sharded mmfm model, an unsharded copy with the full weights on rank 0 (None on other ranks),
+    ready for the rank-0 evaluation and save that every recipe does after fit."""
+    if not is_sharded(model):
+        return model
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from ..registry import model_class
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() != 0:
+        return None
+    plain = model_class(model.config.family)(model.config)
+    plain.load_state_dict(state)
+    plain.tokenizer = getattr(model, "tokenizer", None)
+    return plain
