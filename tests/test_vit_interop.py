@@ -77,3 +77,40 @@ def test_clip_presets_have_open_clip_dims():
     text[:, 6] = mini.config.eot_id
     img, txt, scale = mini(images, text)
     assert img.shape == txt.shape == (2, 128) and torch.allclose(img.norm(dim=-1), torch.ones(2))
+
+
+def _perturb(model):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model.eval()
+
+
+@pytest.mark.parametrize("mlp", ["gelu_tanh", "swiglu"])
+def test_tanh_gelu_and_swiglu_vits_export_exactly_and_come_back(mlp):
+    from timm.layers import GluMlp
+    from timm.layers.activations import GELUTanh
+
+    vit = _perturb(mmfm.build_model("vit-test", mlp=mlp, num_classes=5))
+    tv = to_timm_vit(vit).eval()
+    assert isinstance(tv.blocks[0].mlp.act, GELUTanh) if mlp == "gelu_tanh" else isinstance(tv.blocks[0].mlp, GluMlp)
+    x = torch.randn(2, vit.config.in_chans, vit.config.img_size, vit.config.img_size)
+    with torch.no_grad():
+        ref = vit(x)
+        assert (tv(x) - ref).abs().max() < 1e-5  # the old export (exact GELU) was 6.9e-4 off for tanh
+        back = from_timm_vit(tv).eval()
+        assert back.config.mlp == mlp and torch.equal(back(x), ref)
+
+
+def test_qkv_bias_free_timm_vit_converts_with_zero_bias():
+    tv = _perturb(timm.create_model("vit_medium_patch16_gap_256", pretrained=False, img_size=32, embed_dim=64,
+                                    depth=2, num_heads=2, num_classes=4))
+    assert tv.blocks[0].attn.qkv.bias is None and tv.cls_token is None
+    vit = from_timm_vit(tv).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = tv(x)
+        assert (vit(x) - ref).abs().max() < 1e-5
+        assert (vit.transformer.blocks[0].attn.qkv.bias == 0).all()
+        assert (to_timm_vit(vit).eval()(x) - ref).abs().max() < 1e-5

@@ -8,16 +8,24 @@
 
 GPT-2's Conv1D layers store weights as (in, out): they are transposed to nn.Linear's (out, in).
 GPT-2 uses tanh-GELU ("gelu_new") -> mlp="gelu_tanh", learned positions, LayerNorm with eps 1e-5.
+GPT-2 attention scores scaled otherwise than by 1/sqrt(head_dim) (scale_attn_weights=False,
+scale_attn_by_inverse_layer_idx=True) convert exactly: the ratio is folded into the query weights and bias.
+reorder_and_upcast_attn only changes the precision of that product (mmfm's fp32 weights need nothing).
+Cross-attention (add_cross_attention) and activations without an mmfm equivalent are refused.
 """
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 from pathlib import Path
 
 import torch
 
 from ..models.gpt import GPT, GPTConfig
+
+log = logging.getLogger(__name__)
 
 _ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 _ACT_BACK = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
@@ -39,9 +47,8 @@ def config_from_hf(hf: dict) -> GPTConfig:
     act = hf.get("activation_function", "gelu_new")
     if act not in _ACT:
         raise ValueError(f"GPT-2 activation {act!r} has no mmfm equivalent; known: {sorted(_ACT)}")
-    for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
-        if hf.get(flag):
-            raise ValueError(f"GPT-2 configs with {flag}=True are not supported")
+    if hf.get("add_cross_attention"):
+        raise ValueError("GPT-2 configs with add_cross_attention=True (an encoder-decoder) are not supported")
     n_embd = hf["n_embd"]
     return GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
                      n_head=hf["n_head"], n_embd=n_embd, mlp_ratio=float((hf.get("n_inner") or 4 * n_embd) / n_embd),
@@ -49,14 +56,29 @@ def config_from_hf(hf: dict) -> GPTConfig:
                      pos="learned", bias=True, tie_weights=bool(hf.get("tie_word_embeddings", True)))
 
 
-def hf_to_mmfm_state(sd: dict[str, torch.Tensor], n_layer: int, tied: bool) -> dict[str, torch.Tensor]:
-    """A GPT-2 state dict (with or without the `transformer.` prefix) -> mmfm GPT's state dict."""
+def query_scales(hf: dict) -> list[float]:
+    """Per layer, GPT-2's attention-score scale over mmfm's 1/sqrt(head_dim): 1.0 for a default GPT-2."""
+    head_dim = hf["n_embd"] // hf["n_head"]
+    base = 1.0 if hf.get("scale_attn_weights", True) else math.sqrt(head_dim)
+    inverse = bool(hf.get("scale_attn_by_inverse_layer_idx", False))
+    return [base / (i + 1 if inverse else 1) for i in range(hf["n_layer"])]
+
+
+def hf_to_mmfm_state(sd: dict[str, torch.Tensor], n_layer: int, tied: bool,
+                     q_scales: list[float] | None = None) -> dict[str, torch.Tensor]:
+    """A GPT-2 state dict (with or without the `transformer.` prefix) -> mmfm GPT's state dict; `q_scales`
+    (per layer, see `query_scales`) multiply the query rows of each qkv weight and bias."""
     sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
     out = {ours: sd[theirs] for ours, theirs in _TOP.items()}
     for i in range(n_layer):
         for ours, (theirs, transposed) in _BLOCK.items():
             w = sd[f"h.{i}.{theirs}"]
             out[f"transformer.blocks.{i}.{ours}"] = w.t().contiguous() if transposed else w
+        if q_scales is not None and q_scales[i] != 1.0:
+            for name in ("weight", "bias"):  # qkv rows are [q; k; v]: (3C, C) and (3C,)
+                qkv = out[f"transformer.blocks.{i}.attn.qkv.{name}"].clone()
+                qkv[: qkv.shape[0] // 3] *= q_scales[i]
+                out[f"transformer.blocks.{i}.attn.qkv.{name}"] = qkv
     out["lm_head.weight"] = out["wte.weight"] if tied else sd["lm_head.weight"]
     return out
 
@@ -81,7 +103,12 @@ def from_hf_gpt2(model_or_folder, tokenizer=None) -> GPT:
         hf_cfg, sd = model_or_folder.config.to_dict(), model_or_folder.state_dict()
     cfg = config_from_hf(hf_cfg)
     gpt = GPT(cfg)
-    state = hf_to_mmfm_state(sd, cfg.n_layer, cfg.tie_weights or "lm_head.weight" not in sd)
+    scales = query_scales(hf_cfg)
+    if any(q != 1.0 for q in scales):
+        log.info("GPT-2 attention scaling (scale_attn_weights=%s, scale_attn_by_inverse_layer_idx=%s) folded into "
+                 "the query weights", hf_cfg.get("scale_attn_weights", True),
+                 hf_cfg.get("scale_attn_by_inverse_layer_idx", False))
+    state = hf_to_mmfm_state(sd, cfg.n_layer, cfg.tie_weights or "lm_head.weight" not in sd, scales)
     gpt.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
     if tokenizer is not None:
         from ..tokenizers.hf import attach_tokenizer
