@@ -33,6 +33,7 @@ from mmfm.align.rollout import evaluate, kl_to_reference, rows_logprobs
 from mmfm.align.run import builtin_only, fit, train_loader
 from mmfm.align.splits import heldout_problems
 from mmfm.align.tasks import DPOTask
+from mmfm.config import opt
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 
 log = logging.getLogger("dpo")
@@ -41,13 +42,13 @@ log = logging.getLogger("dpo")
 @dataclass
 class DPOConfig(PairConfig):  # the pair fields shape the built-in task's pairs only
     loss: str = "dpo"  # or "ipo"
-    beta: float = 0.1
-    nll_alpha: float = 1.0  # RPO: + alpha * per-token NLL of the chosen response (0: plain DPO / IPO)
+    beta: float = opt(0.1, gt=0.0)
+    nll_alpha: float = opt(1.0, lo=0.0)  # RPO: + alpha * per-token NLL of the chosen response (0: plain DPO / IPO)
     val_fraction: float = 0.1  # --data without --val-data: the share held out
-    batch_size: int = 32
-    lr: float = 2e-5
-    weight_decay: float = 0.0
-    warmup: int = 10
+    batch_size: int = opt(32, lo=1)
+    lr: float = opt(2e-5, gt=0.0)
+    weight_decay: float = opt(0.0, lo=0.0)
+    warmup: int = opt(10, lo=0)
     n_eval: int = 400  # built-in task's pairs (records with a, op, b): held-out problems for accuracy and the KL
 
 

@@ -35,6 +35,7 @@ from mmfm.align.rollout import rows_scores
 from mmfm.align.run import builtin_only, fit, train_loader
 from mmfm.align.task import pair_kind
 from mmfm.align.tasks import RewardTask
+from mmfm.config import opt
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 
 log = logging.getLogger("reward_model")
@@ -43,11 +44,11 @@ log = logging.getLogger("reward_model")
 @dataclass
 class RMConfig(PairConfig):  # the pair fields shape the built-in task's pairs only
     val_fraction: float = 0.1  # --data without --val-data: the share held out
-    batch_size: int = 32
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup: int = 20
-    val_every: int = 50
+    batch_size: int = opt(32, lo=1)
+    lr: float = opt(2e-4, gt=0.0)
+    weight_decay: float = opt(0.0, lo=0.0)
+    warmup: int = opt(20, lo=0)
+    val_every: int = opt(50, lo=1)
 
 
 def pairwise_accuracy(rm, tok, examples: list[Example], pairs: Pairs) -> dict[str, float]:

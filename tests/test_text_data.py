@@ -171,8 +171,9 @@ def test_token_folder_is_cached_by_content(tmp_path):
 
 def _bad(tmp_path, argv, exc, *needles):
     out = tmp_path / "run"
+    run = [a for a in RUN if a != "block_size=16"] if "--preset" in argv else RUN  # a saved preset keeps its own
     with pytest.raises(exc) as info:
-        _recipe().main(["--out", str(out), *RUN, *argv])
+        _recipe().main(["--out", str(out), *run, *argv])
     for needle in needles:
         assert needle in str(info.value), str(info.value)
     assert not out.exists()  # nothing half-written
@@ -252,3 +253,15 @@ def test_given_val_and_test_files_through_the_recipe(tmp_path):
     saved = json.loads((out / "metrics.json").read_text())
     assert (saved["data_info/splits/train"], saved["data_info/splits/val"], saved["data_info/splits/test"]) == (40, 10, 10)
     assert saved["test_loss"] > 0 and saved["test_tokens"] > 0 and saved["data_info/given"] == ["test", "val"]
+
+
+def test_text_the_preset_tokenizer_cannot_encode(tmp_path):
+    import mmfm
+    from mmfm.tokenizers import CharTokenizer
+
+    model = mmfm.build_model("gpt-test", vocab_size=8)
+    model.tokenizer = CharTokenizer("abc ")
+    model.save_pretrained(tmp_path / "preset")
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps({"text": f"abc {i}"}) for i in range(20)))
+    _bad(tmp_path, ["--data", str(tmp_path / "t.jsonl"), "--preset", str(tmp_path / "preset")], DataFormatError,
+         "--data", "t.jsonl", "cannot encode with this char tokenizer", "'0'")

@@ -72,7 +72,10 @@ def write_token_folder(splits: dict[str, list[str]], out: str | os.PathLike, tok
 
     if tok.vocab_size > 2**16:
         raise ValueError(f"token files hold uint16 ids: a tokenizer of {tok.vocab_size:,} tokens does not fit")
-    ids = {split: encode_documents(tok, docs, separator) for split, docs in splits.items()}
+    try:
+        ids = {split: encode_documents(tok, docs, separator) for split, docs in splits.items()}
+    except ValueError as e:  # e.g. a character a char tokenizer (from a --preset folder) never saw
+        raise DataFormatError(f"{meta.get('source') or out}: cannot encode with this {tok.kind} tokenizer: {e}") from None
     for split, arr in ids.items():
         if len(arr) < min_tokens:
             raise DataFormatError(f"{meta.get('source') or out}: the {split} split holds {len(arr)} tokens, fewer "
