@@ -7,11 +7,17 @@
 Writes <out>/model (EMA weights + scheduler/ + diffusion.json), <out>/samples.png (rows = classes,
 columns = seeds) and samples/step_*.png, <out>/metrics.json (conditional accuracy and FID in the
 runs/vit classifier's feature space, beside the real-vs-real floor), loss.png, logs/, checkpoints/.
+The quality judge: when the default runs/vit/model is missing, recipes/vit_classify.py is run first with its
+defaults (logged, ~20 min on a 2-core CPU, once); another missing classifier= stops before training with the
+command that makes it; classifier=none skips the metrics (with a warning).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import os
+import sys
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -48,13 +54,43 @@ class DiTTrain:
     sampler: str = "dpm++"  # ddim, dpm++, ddpm, euler
     sample_steps: int = opt(20, lo=1)
     guidance_scale: float = 4.0  # for the grid and the final metrics (best digits accuracy in the 3000-step sweep)
-    classifier: str = "runs/vit/model"  # quality classifier (recipes/vit_classify.py); metrics skipped if absent
+    classifier: str | None = "runs/vit/model"  # quality judge (recipes/vit_classify.py; the default is trained if absent); none: skip
     eval_seed: int = 0
     text_encoder: str = ""  # a saved mmfm CLIP folder: condition on its text tower (frozen) instead of labels
     text_tokens: bool = False  # also cross-attend over the text tokens (needs text_encoder)
     max_minutes: float = opt(13.5, lo=0.0)  # >0: also stop training after this many minutes (the CPU budget), whichever first
     limit: int | None = None  # images per dataset and split (tests, smoke runs)
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
+
+
+DEFAULT_JUDGE = DiTTrain.classifier
+JUDGE_ARGV: list[str] = []  # extra arguments for the judge's own run (tests shrink it); empty = vit_classify's defaults
+
+
+def ensure_judge(train: DiTTrain, args) -> tuple[str | None, float]:
+    """(the quality classifier's folder or None when skipped, seconds spent training it). Runs before any
+    training: the default judge is trained first if missing; any other missing folder stops the run."""
+    path = train.classifier
+    if path in (None, "", "none"):
+        log.warning("classifier=none: conditional accuracy and FID are skipped (no quality metrics)")
+        return None, 0.0
+    if (Path(path) / "config.json").is_file():
+        return path, 0.0
+    out = Path(path).parent if Path(path).name == "model" else Path(path)
+    make = f"python recipes/vit_classify.py --out {out}" + ("" if Path(path).name == "model" else " (it writes <out>/model)")
+    if path != DEFAULT_JUDGE or "LOCAL_RANK" in os.environ:  # a typo, or processes launched together (torchrun)
+        raise FileNotFoundError(f"classifier={path}: no saved classifier there (config.json missing); make it with "
+                                f"`{make}` or pass classifier=none to skip the quality metrics")
+    log.info("no quality judge at %s: training it first with `%s` (its defaults; ~20 min on a 2-core CPU, "
+             "1392 s measured on one thread; once: later runs reuse it; classifier=none skips the metrics)", path, make)
+    spec = importlib.util.spec_from_file_location("vit_classify_recipe", Path(__file__).with_name("vit_classify.py"))
+    vit_classify = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclass looks it up
+    spec.loader.exec_module(vit_classify)
+    timer = Timer()
+    threads = [f"threads={train.threads}"] if train.threads else []
+    vit_classify.main(["--out", str(out), "--device", args.device, *threads, *JUDGE_ARGV])
+    log.info("quality judge trained in %.0f s: %s", timer.elapsed, path)
+    return path, round(timer.elapsed, 2)
 
 
 def build(args, train: DiTTrain, model_over: dict, n_classes: int, prompts):
@@ -74,6 +110,7 @@ def main(argv=None):
     train = DiTTrain(**routed["train"])
     if train.threads:
         torch.set_num_threads(train.threads)
+    judge, judge_s = ensure_judge(train, args)  # before seeding, so the DiT's random stream does not depend on it
     torch.manual_seed(args.seed)
     names = tuple(train.datasets.split(","))
     data = load_labelled(names, "train", limit=train.limit)
@@ -90,7 +127,7 @@ def main(argv=None):
                       steps=train.sample_steps, guidance_scale=train.guidance_scale, ema=ema)
     hist = LossHistory(args.out, prefixes=("train/loss",), title="DiT denoising loss")
     task = DiffusionTask(model, scheduler, condition, train.lr, train.weight_decay, train.warmup_steps, args.max_steps,
-                         train.p_uncond)
+                         train.p_uncond, args.seed)
     loader = DataLoader(TensorDataset(data.images, data.labels), batch_size=train.batch_size, shuffle=True,
                         drop_last=True, generator=torch.Generator().manual_seed(args.seed))
     timer = Timer()
@@ -98,10 +135,17 @@ def main(argv=None):
     trainer = make_trainer(args, callbacks=[ema, grid, hist], limit_val_batches=0, **budget)
     trainer.fit(task, loader, ckpt_path=checkpoint_to_resume(args.resume))
     train_s = timer.elapsed
+    if not trainer.is_global_zero:  # rank 0 alone evaluates and writes
+        return {}
+    device = trainer.strategy.root_device  # fit moved the module back to the CPU; evaluate where it trained
+    if prompts is not None:
+        prompts.to(device)
     metrics = {"train/loss": float(trainer.callback_metrics["train/loss"]), "steps": trainer.global_step,
                "train_s": round(train_s, 2), "guidance_scale": train.guidance_scale, "sampler": train.sampler,
                "sample_steps": train.sample_steps, "params": model.num_params()}
-    metrics.update(quality(ema.model, scheduler, train, names, prompts))
+    metrics.update(quality(ema.model.to(device), scheduler, train, judge, names, prompts))
+    if judge_s:
+        metrics["judge_train_s"] = judge_s
     metrics["eval_s"] = round(timer.elapsed - train_s, 2)
     save_scheduler(scheduler, Path(args.out) / "model")
     meta = {"class_names": data.class_names, "datasets": list(names), "text_encoder": train.text_encoder,
@@ -111,12 +155,12 @@ def main(argv=None):
     return finish(args, ema.model, metrics, timer)
 
 
-def quality(model, scheduler, train: DiTTrain, names, prompts) -> dict:
-    """Conditional accuracy and FID by the independent classifier (+ CLIP retrieval for text runs)."""
-    if not (Path(train.classifier) / "config.json").is_file():
-        log.warning("no classifier at %s (run recipes/vit_classify.py): quality metrics skipped", train.classifier)
+def quality(model, scheduler, train: DiTTrain, judge: str | None, names, prompts) -> dict:
+    """Conditional accuracy and FID by the independent classifier `judge` (+ CLIP retrieval for text runs),
+    on the model's device; {} when the judge is None (classifier=none)."""
+    if judge is None:
         return {}
-    classifier = mmfm.build_model(train.classifier).eval()
+    classifier = mmfm.build_model(judge).eval().to(next(model.parameters()).device)
     test = load_labelled(names, "test", limit=train.limit)
     sampler = make_sampler(train.sampler, scheduler.config)
     cond_fn = prompts.condition if prompts else None

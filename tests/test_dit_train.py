@@ -100,16 +100,24 @@ def tiny_data(monkeypatch):
     monkeypatch.setattr(classify, "DATASETS", fake_sources())
 
 
-def test_dit_recipe_end_to_end(tmp_path, tiny_data):
-    dit_train, dit_sample, vit_classify = (load_recipe(n) for n in ("dit_train", "dit_sample", "vit_classify"))
+TINY_VIT = ["--max-steps", "3", "batch_size=16", "dim=32", "depth=1", "n_heads=2"]
+TINY_DIT = ["--preset", "dit-test", "input_size=28", "depth=1", "--max-steps", "3", "batch_size=16", "sample_steps=2"]
 
-    vit_out, dit_out = tmp_path / "vit", tmp_path / "dit"
-    vit_classify.main(["--out", str(vit_out), "--max-steps", "3", "batch_size=16", "dim=32", "depth=1", "n_heads=2"])
-    assert mmfm.build_model(vit_out / "model").config.num_classes == 20
-    m = dit_train.main(["--out", str(dit_out), "--max-steps", "3", "batch_size=16", "hidden_size=32", "depth=1",
-                        "num_heads=2", "sample_every=2", "sample_steps=2", f"classifier={vit_out / 'model'}"])
+
+def test_dit_recipe_end_to_end(tmp_path, tiny_data, monkeypatch, caplog):
+    """A fresh clone: no runs/vit/model yet, so the recipe trains its judge first (vit_classify, shrunk here)
+    and reports the quality metrics; then dit_sample draws from the saved folder."""
+    dit_train, dit_sample = (load_recipe(n) for n in ("dit_train", "dit_sample"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(dit_train, "JUDGE_ARGV", TINY_VIT)
+    dit_out = tmp_path / "dit"
+    with caplog.at_level("INFO"):
+        m = dit_train.main(["--out", str(dit_out), *TINY_DIT, "sample_every=2"])
+    assert "training it first with `python recipes/vit_classify.py --out runs/vit`" in caplog.text
+    assert mmfm.build_model(tmp_path / "runs" / "vit" / "model").config.num_classes == 20
     saved = json.loads((dit_out / "metrics.json").read_text())
-    for key in ("cond_accuracy/digits", "fid/digits", "fid_floor/digits", "cond_accuracy/animals", "wall_s"):
+    for key in ("cond_accuracy/digits", "fid/digits", "fid_floor/digits", "cond_accuracy/animals", "wall_s",
+                "judge_train_s"):
         assert key in saved and saved[key] == m[key]
     assert (dit_out / "samples.png").stat().st_size > 1000 and list((dit_out / "samples").glob("step_*.png"))
     model = mmfm.build_model(dit_out / "model")
@@ -118,3 +126,18 @@ def test_dit_recipe_end_to_end(tmp_path, tiny_data):
     dit_sample.main(["--model", str(dit_out / "model"), "--classes", "d3,a1", "--seeds", "2", "--steps", "2",
                      "--out", str(png)])
     assert png.stat().st_size > 500
+
+
+def test_dit_recipe_judge_opt_out_and_missing_judge(tmp_path, tiny_data, monkeypatch, caplog):
+    dit_train = load_recipe("dit_train")
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "nowhere" / "model"
+    with pytest.raises(FileNotFoundError, match=f"classifier={missing}.*python recipes/vit_classify.py --out "
+                                                f"{missing.parent}.*classifier=none"):
+        dit_train.main(["--out", str(tmp_path / "a"), *TINY_DIT, f"classifier={missing}"])
+    assert not (tmp_path / "a").exists()  # stopped before training: no checkpoint, nothing half-written
+    with caplog.at_level("WARNING"):
+        m = dit_train.main(["--out", str(tmp_path / "b"), *TINY_DIT, "classifier=none", "sample_every=0"])
+    assert "classifier=none: conditional accuracy and FID are skipped" in caplog.text
+    assert m["steps"] == 3 and not any(k.startswith(("cond_accuracy", "fid")) for k in m)
+    assert not (tmp_path / "runs").exists()  # the opt-out trains no judge
