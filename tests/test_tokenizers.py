@@ -164,3 +164,12 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def test_load_names_a_broken_config(tmp_path):
+    (tmp_path / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="tokenizer_config.json: not a JSON tokenizer config"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text('{"kind": "wordpiece"}')
+    with pytest.raises(ValueError, match="tokenizer_config.json: unknown tokenizer kind 'wordpiece'"):
+        load_tokenizer(tmp_path)

@@ -191,7 +191,11 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     cfg = path / CONFIG
     if not cfg.is_file():
         raise FileNotFoundError(f"no {CONFIG} in {path}")
-    meta = json.loads(cfg.read_text())
-    if meta.get("kind") not in _KINDS:
-        raise ValueError(f"unknown tokenizer kind {meta.get('kind')!r}; known: {sorted(_KINDS)}")
+    try:
+        meta = json.loads(cfg.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg}: not a JSON tokenizer config ({e})") from None
+    if not isinstance(meta, dict) or meta.get("kind") not in _KINDS:
+        kind = meta.get("kind") if isinstance(meta, dict) else None
+        raise ValueError(f"{cfg}: unknown tokenizer kind {kind!r}; known: {sorted(_KINDS)}")
     return _KINDS[meta["kind"]]._load(path, meta)
