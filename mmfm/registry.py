@@ -94,7 +94,9 @@ def build_model(name_or_path: str | os.PathLike, **overrides):
 
         return load_pretrained(path, **overrides)
     if not is_preset and (path.exists() or os.sep in name):
-        raise ConfigError(f"{name!r} is not a preset and has no config.json (not a saved model folder)")
+        old = sorted(path.parent.glob(f".{path.name}.old-*"))  # left by a save interrupted mid-swap
+        raise ConfigError(f"{name!r} is not a preset and has no config.json (not a saved model folder)"
+                          + (f"; an interrupted save left the previous folder at {old[-1]}" if old else ""))
     cfg = get_config(name, **overrides)
     check_fits(cfg, overrides)
     return model_class(cfg.family)(cfg)

@@ -130,3 +130,20 @@ def test_headed_model_round_trip(tmp_path):
     back = RewardModel.from_pretrained(tmp_path / "rm")
     for a, b in zip(rm.state_dict().values(), back.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_save_interrupted_mid_swap_points_to_the_previous_folder(tmp_path, monkeypatch):
+    path = mmfm.build_model("gpt-test").save_pretrained(tmp_path / "m")
+    real_rename = os.rename
+
+    def crash_on_second(src, dst):
+        real_rename(src, dst)
+        if str(dst).startswith(str(tmp_path / ".m.old-")):
+            raise KeyboardInterrupt  # killed between the two renames
+
+    monkeypatch.setattr("mmfm.checkpoint.os.rename", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        save_pretrained(mmfm.build_model("gpt-test", n_layer=3), path)
+    monkeypatch.undo()
+    with pytest.raises(mmfm.config.ConfigError, match=r"interrupted save left the previous folder at .*\.m\.old-"):
+        mmfm.build_model(path)
