@@ -3,6 +3,7 @@
     python recipes/dit_train.py                                   # 20 classes, CPU, <= 15 min, runs/dit
     python recipes/dit_train.py prediction_type=v_prediction depth=4 --max-steps 500 --out runs/dit_v
     python recipes/dit_train.py --preset dit-mini-4 text_encoder=runs/clip/model --out runs/dit_text
+    python recipes/dit_train.py --data my_images/ classifier=runs/vit_mine/model --out runs/dit_mine
 
 Writes <out>/model (EMA weights + scheduler/ + diffusion.json), <out>/samples.png (rows = classes,
 columns = seeds) and samples/step_*.png, <out>/metrics.json (conditional accuracy and FID in the
@@ -10,6 +11,9 @@ runs/vit classifier's feature space, beside the real-vs-real floor), loss.png, l
 The quality judge: when the default runs/vit/model is missing, recipes/vit_classify.py is run first with its
 defaults (logged, ~20 min on a 2-core CPU, once); another missing classifier= stops before training with the
 command that makes it; classifier=none skips the metrics (with a warning).
+`--data` (and `--val-data`, `--test-data`): any single-label layout mmfm.data.labelled reads (ImageFolder, CSV of
+path,label, .npz, DICOM/NIfTI + labels.csv; docs/data.md), resized to the model's input_size, in [-1, 1]; its judge
+is a classifier trained on the same data (`python recipes/vit_classify.py --data PATH --out DIR`; same split seed).
 """
 from __future__ import annotations
 
@@ -26,13 +30,14 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import mmfm
+from mmfm.adapt.data import load_task, to_backbone_input
+from mmfm.config import ConfigError, opt
 from mmfm.diffusion import make_sampler, make_train_scheduler, save_scheduler
 from mmfm.diffusion.text import PromptConditioner
 from mmfm.eval.gen_quality import evaluate
-from mmfm.config import opt
 from mmfm.registry import read_config
 from mmfm.train import LossHistory, Timer, checkpoint_to_resume, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
-from mmfm.train.classify import load_labelled
+from mmfm.train.classify import LabelledImages, load_labelled
 from mmfm.train.diffusion import DiffusionTask, SampleGrid, label_condition
 from mmfm.train.ema import EMA
 
@@ -60,6 +65,9 @@ class DiTTrain:
     text_tokens: bool = False  # also cross-attend over the text tokens (needs text_encoder)
     max_minutes: float = opt(13.5, lo=0.0)  # >0: also stop training after this many minutes (the CPU budget), whichever first
     limit: int | None = None  # images per dataset and split (tests, smoke runs)
+    val_fraction: float = opt(0.1, lo=0.0, lt=1.0)  # with --data and no --val-data (vit_classify's split, so its judge
+    test_fraction: float = opt(0.2, lo=0.0, lt=1.0)  # never saw these test images); with --data and no --test-data
+    max_bad_fraction: float = opt(0.05, lo=0.0, hi=1.0)  # with --data: unreadable files skipped; past this the run stops
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
 
 
@@ -67,14 +75,21 @@ DEFAULT_JUDGE = DiTTrain.classifier
 JUDGE_ARGV: list[str] = []  # extra arguments for the judge's own run (tests shrink it); empty = vit_classify's defaults
 
 
-def ensure_judge(train: DiTTrain, args) -> tuple[str | None, float]:
+def ensure_judge(train: DiTTrain, args, n_classes: int) -> tuple[str | None, float]:
     """(the quality classifier's folder or None when skipped, seconds spent training it). Runs before any
     training: the default judge is trained first if missing; any other missing folder stops the run."""
     path = train.classifier
     if path in (None, "", "none"):
         log.warning("classifier=none: conditional accuracy and FID are skipped (no quality metrics)")
         return None, 0.0
+    if args.data is not None and path == DEFAULT_JUDGE:
+        raise ConfigError(f"--data {args.data}: the default judge {path} classifies the built-in digits and animals; "
+                          f"train one on your data (`python recipes/vit_classify.py --data {args.data} --out "
+                          "runs/vit_mine`) and pass classifier=runs/vit_mine/model, or classifier=none")
     if (Path(path) / "config.json").is_file():
+        judged = read_config(Path(path)).num_classes
+        if judged != n_classes:
+            raise ConfigError(f"classifier={path} has {judged} classes; the training data has {n_classes}")
         return path, 0.0
     out = Path(path).parent if Path(path).name == "model" else Path(path)
     make = f"python recipes/vit_classify.py --out {out}" + ("" if Path(path).name == "model" else " (it writes <out>/model)")
@@ -93,6 +108,40 @@ def ensure_judge(train: DiTTrain, args) -> tuple[str | None, float]:
     return path, round(timer.elapsed, 2)
 
 
+def build_parser():
+    p = recipe_parser(__doc__.splitlines()[0], "dit-mini-4", 4000, "runs/dit")
+    p.add_argument("--data", default=None, help="labelled images: ImageFolder, path,label CSV, .npz, DICOM/NIfTI "
+                   "folder with labels.csv (default: the datasets= override)")
+    p.add_argument("--val-data", default=None, help="validation images with --data (default: split from --data)")
+    p.add_argument("--test-data", default=None, help="test images with --data (default: split from --data)")
+    return p
+
+
+def load_data(args, train: DiTTrain, model_cfg: dict) -> tuple[LabelledImages, LabelledImages, dict]:
+    """(train images, held-out test images, split sizes for metrics.json) in model space ([-1, 1], the model's
+    input_size and channels): the built-in datasets= by default, else a user's --data through mmfm.data.labelled."""
+    if args.data is None:
+        if args.val_data or args.test_data:
+            raise ConfigError("--val-data / --test-data go with --data")
+        names = tuple(train.datasets.split(","))
+        return load_labelled(names, "train", limit=train.limit), load_labelled(names, "test", limit=train.limit), {}
+    if train.text_encoder:
+        raise ConfigError(f"text_encoder= conditions on the built-in class captions; --data {args.data} is class-conditional")
+    size, chans = model_cfg["input_size"], model_cfg["in_channels"]
+    task = load_task(args.data, val_data=args.val_data, test_data=args.test_data, size=size, seed=args.seed,
+                     val_fraction=train.val_fraction, test_fraction=train.test_fraction,
+                     max_bad_fraction=train.max_bad_fraction)
+    if task.kind == "multilabel":
+        raise ValueError(f"--data {args.data}: multi-label data; the DiT is conditioned on one class per image")
+
+    def split(s):
+        x = to_backbone_input(task.images[s], size, chans, (0.5,), (0.5,))  # (N, C, size, size) in [-1, 1]
+        y = task.targets(s)
+        return LabelledImages(x, y, torch.zeros_like(y), (task.name,), task.label_names)
+
+    return split("train"), split("test"), {f"split/{k}": v for k, v in task.sizes.items()}
+
+
 def build(args, train: DiTTrain, model_over: dict, n_classes: int, prompts):
     shape = {"num_classes": n_classes}
     if prompts is not None:
@@ -104,16 +153,15 @@ def build(args, train: DiTTrain, model_over: dict, n_classes: int, prompts):
 
 def main(argv=None):
     setup_logging()
-    args = parse_args(recipe_parser(__doc__.splitlines()[0], "dit-mini-4", 4000, "runs/dit"), argv)
+    args = parse_args(build_parser(), argv)
     cfg = read_config(Path(args.preset)) if Path(args.preset).is_dir() else mmfm.get_config(args.preset)
     routed = split_overrides(args.overrides, model=cfg, train=DiTTrain())
     train = DiTTrain(**routed["train"])
     if train.threads:
         torch.set_num_threads(train.threads)
-    judge, judge_s = ensure_judge(train, args)  # before seeding, so the DiT's random stream does not depend on it
+    data, test, sizes = load_data(args, train, {**asdict(cfg), **routed["model"]})
+    judge, judge_s = ensure_judge(train, args, len(data.class_names))  # before seeding: the DiT's stream is its own
     torch.manual_seed(args.seed)
-    names = tuple(train.datasets.split(","))
-    data = load_labelled(names, "train", limit=train.limit)
     prompts = PromptConditioner.from_folder(train.text_encoder, data.class_names, train.text_tokens) if train.text_encoder else None
     model = build(args, train, routed["model"], len(data.class_names), prompts)
     scheduler = make_train_scheduler(train.prediction_type, train.beta_schedule)
@@ -142,26 +190,25 @@ def main(argv=None):
         prompts.to(device)
     metrics = {"train/loss": float(trainer.callback_metrics["train/loss"]), "steps": trainer.global_step,
                "train_s": round(train_s, 2), "guidance_scale": train.guidance_scale, "sampler": train.sampler,
-               "sample_steps": train.sample_steps, "params": model.num_params()}
-    metrics.update(quality(ema.model.to(device), scheduler, train, judge, names, prompts))
+               "sample_steps": train.sample_steps, "params": model.num_params(), **sizes}
+    metrics.update(quality(ema.model.to(device), scheduler, train, judge, test, prompts))
     if judge_s:
         metrics["judge_train_s"] = judge_s
     metrics["eval_s"] = round(timer.elapsed - train_s, 2)
     save_scheduler(scheduler, Path(args.out) / "model")
-    meta = {"class_names": data.class_names, "datasets": list(names), "text_encoder": train.text_encoder,
+    meta = {"class_names": data.class_names, "datasets": list(data.datasets), "text_encoder": train.text_encoder,
             "text_tokens": train.text_tokens, "train": asdict(train)}
     (Path(args.out) / "model").mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "model" / "diffusion.json").write_text(json.dumps(meta, indent=2))
     return finish(args, ema.model, metrics, timer)
 
 
-def quality(model, scheduler, train: DiTTrain, judge: str | None, names, prompts) -> dict:
+def quality(model, scheduler, train: DiTTrain, judge: str | None, test: LabelledImages, prompts) -> dict:
     """Conditional accuracy and FID by the independent classifier `judge` (+ CLIP retrieval for text runs),
     on the model's device; {} when the judge is None (classifier=none)."""
     if judge is None:
         return {}
     classifier = mmfm.build_model(judge).eval().to(next(model.parameters()).device)
-    test = load_labelled(names, "test", limit=train.limit)
     sampler = make_sampler(train.sampler, scheduler.config)
     cond_fn = prompts.condition if prompts else None
     kept: dict = {}

@@ -136,8 +136,42 @@ def test_dit_recipe_judge_opt_out_and_missing_judge(tmp_path, tiny_data, monkeyp
                                                 f"{missing.parent}.*classifier=none"):
         dit_train.main(["--out", str(tmp_path / "a"), *TINY_DIT, f"classifier={missing}"])
     assert not (tmp_path / "a").exists()  # stopped before training: no checkpoint, nothing half-written
+    wrong = tmp_path / "judge3"
+    mmfm.build_model("vit-test", img_size=28, patch_size=7, in_chans=1, num_classes=3).save_pretrained(wrong)
+    with pytest.raises(mmfm.config.ConfigError, match="has 3 classes; the training data has 20"):
+        dit_train.main(["--out", str(tmp_path / "a"), *TINY_DIT, f"classifier={wrong}"])
+    assert not (tmp_path / "a").exists()
     with caplog.at_level("WARNING"):
         m = dit_train.main(["--out", str(tmp_path / "b"), *TINY_DIT, "classifier=none", "sample_every=0"])
     assert "classifier=none: conditional accuracy and FID are skipped" in caplog.text
     assert m["steps"] == 3 and not any(k.startswith(("cond_accuracy", "fid")) for k in m)
     assert not (tmp_path / "runs").exists()  # the opt-out trains no judge
+
+
+def _image_folder(root, n=12):
+    """A tiny ImageFolder: two classes, bright square top-left (class 'left') or bottom-right ('right')."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("left", "right")):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            x = rng.integers(0, 40, (28, 28)).astype(np.uint8)
+            x[4 + 14 * k:10 + 14 * k, 4 + 14 * k:10 + 14 * k] = 255
+            Image.fromarray(x).save(root / name / f"{i}.png")
+    return root
+
+
+def test_dit_recipe_on_a_users_image_folder(tmp_path):
+    dit_train, vit_classify = load_recipe("dit_train"), load_recipe("vit_classify")
+    data = _image_folder(tmp_path / "shapes")
+    with pytest.raises(mmfm.config.ConfigError, match="default judge .* classifies the built-in"):
+        dit_train.main(["--data", str(data), "--out", str(tmp_path / "x"), *TINY_DIT])
+    vit_classify.main(["--data", str(data), "--out", str(tmp_path / "vit"), *TINY_VIT, "batch_size=4"])
+    m = dit_train.main(["--data", str(data), "--out", str(tmp_path / "dit"), *TINY_DIT, "batch_size=4",
+                        f"classifier={tmp_path / 'vit' / 'model'}", "sample_every=0"])
+    accuracy = [k for k in m if k.startswith("cond_accuracy/")]
+    assert len(accuracy) == 1 and 0.0 <= m[accuracy[0]] <= 1.0 and m["split/train"] > 0
+    meta = json.loads((tmp_path / "dit" / "model" / "diffusion.json").read_text())
+    assert meta["class_names"] == ["left", "right"]
+    assert mmfm.build_model(tmp_path / "dit" / "model").config.num_classes == 2
