@@ -82,6 +82,9 @@ def main(argv=None):
     if not data:
         data, val_data = write_preferences(Path(args.out) / "data", policy, tok, cfg, args.seed)
     train, heldout, sizes = train_val(data, val_data, read_preferences, cfg.val_fraction, args.seed)
+    task_pairs = all(problem_of(e.extra) for e in train)  # the built-in task's pairs (columns a, op, b)
+    if "n_eval" in args.overrides and not task_pairs:
+        raise mmfm.config.ConfigError("n_eval evaluates the built-in task; these pairs lack its columns a, op, b")
     pairs, val_pairs = Pairs(tok, train, policy.config.block_size), Pairs(tok, heldout, policy.config.block_size)
     task = DPOTask(policy, reference_logprobs(reference, pairs, tok.pad_id), cfg.beta, cfg.loss, cfg.lr,
                    cfg.weight_decay, cfg.warmup, args.max_steps, cfg.nll_alpha)
@@ -95,7 +98,7 @@ def main(argv=None):
     if len(val_pairs):
         prompts = [encode_turns(tok, e.turns, add_generation_prompt=True)[0] for e in heldout]
         metrics["heldout_pairs"] = heldout_metrics(policy, reference, tok, val_pairs, prompts)
-    if all(problem_of(e.extra) for e in train):  # the built-in task's pairs (columns a, op, b)
+    if task_pairs:
         problems = heldout_problems("eval", cfg.n_eval)
         metrics.update(heldout=evaluate(policy, tok, problems), heldout_t1=evaluate(policy, tok, problems, temperature=1.0),
                        kl_to_sft=kl_to_reference(policy, reference, tok, problems))

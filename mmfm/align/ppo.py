@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from ..config import opt
 from ..losses.preference import gae, masked_mean, ppo_policy_loss, ppo_value_loss, token_logprobs
+from ..train.optim import build_optimizer
 from .chat import decode_response, pad_right, stop_ids
 from .formats import Example, encode_example
 from .heads import PolicyWithValue
@@ -80,7 +81,7 @@ class PPOTask(L.LightningModule):
         self.history: list[dict] = []
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.policy.parameters(), lr=self.cfg.lr, weight_decay=0.0, betas=(0.9, 0.95))
+        return build_optimizer(self.policy, self.cfg.lr, 0.0, betas=(0.9, 0.95))
 
     def score(self, batch: list[dict], responses: list[list[int]], ids, mask) -> tuple[torch.Tensor, dict]:
         """Weighted sum of the reward terms (B,), and each term's batch mean. A reward model's scores are
@@ -176,6 +177,6 @@ class PPOTask(L.LightningModule):
             ids, mask = (t.to(self.score_norm.device) for t in pad_right(
                 [b["ids"] + r for b, r in zip(batch, responses)], self.tok.pad_id))
             total, stats = self.score(batch, responses, ids, mask)
-            for k, v in {"reward": total.mean(), **stats}.items():
+            for k, v in {"reward": total.mean(), **{k.removeprefix("reward_"): v for k, v in stats.items()}}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(batch)
         return {k: v / max(len(rows), 1) for k, v in sums.items()}

@@ -2,27 +2,18 @@
 (Bradley-Terry), and DPO / IPO with reference log-probs computed once and cached."""
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 
 from ..losses.preference import (bradley_terry_loss, dpo_loss, ipo_loss, masked_mean, sequence_logprobs,
                                  token_logprobs)
+from ..train.optim import build_optimizer, build_scheduler
 
 
 def adamw_warmup_cosine(module, lr: float, weight_decay: float, warmup: int, max_steps: int) -> dict:
-    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr,
-                            weight_decay=weight_decay, betas=(0.9, 0.95))
-
-    def scale(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        frac = min((step - warmup) / max(max_steps - warmup, 1), 1.0)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, scale)
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    """AdamW (decay on matrices only) with linear warmup and a cosine to 0.1 x lr at max_steps: the shared builder."""
+    opt = build_optimizer(module, lr, weight_decay, betas=(0.9, 0.95))
+    return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, warmup, max_steps, min_ratio=0.1)}
 
 
 class OptimMixin:
