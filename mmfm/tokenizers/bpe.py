@@ -40,8 +40,8 @@ class ByteBPETokenizer(Tokenizer):
     def token_to_id(self, token: str) -> int | None:
         return self.hf.token_to_id(token)
 
-    def _has_special(self, text: str) -> bool:
-        return any(s in text for s in self.special_tokens)
+    def _has_special(self, text: str, specials=None) -> bool:
+        return any(s in text for s in (specials if specials is not None else self.special_tokens))
 
     def _plain(self, text: str) -> list[int]:
         """`text` through the normalizer, pre-tokenizer and BPE model without matching added tokens, so a
@@ -64,8 +64,8 @@ class ByteBPETokenizer(Tokenizer):
 
     def encode_many(self, texts: list[str], allowed_special=()) -> list[list[int]]:
         """Fast parallel encoding of many texts (no padding); special strings as in `encode`."""
-        texts = [check_text(t, f"texts[{i}]") for i, t in enumerate(texts)]
-        if any(map(self._has_special, texts)):
+        texts, specials = [check_text(t, f"texts[{i}]") for i, t in enumerate(texts)], list(self.special_tokens)
+        if any(self._has_special(t, specials) for t in texts):
             return [self.encode(t, allowed_special) for t in texts]
         return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
 
