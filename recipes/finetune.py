@@ -15,6 +15,7 @@ confusion_{val,test}.png, loss.png, logs/ and checkpoints/.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from mmfm.config import opt
 from mmfm.eval.classification import classification_metrics, confusion, plot_confusion
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 from mmfm.train.classify import predict
-from mmfm.train.recipe import checkpoint_to_resume
+from mmfm.train.recipe import checkpoint_to_resume, resolve_accelerator
 
 log = logging.getLogger("finetune")
 METHOD_LR = {"linear": 1e-2, "lora": 2e-3, "full": 1e-3}
@@ -104,10 +105,18 @@ def restore_best(trainer, task, val_loader) -> float:
     return trainer.validate(task, val_loader, ckpt_path=best.best_model_path, verbose=False)[0]["val/loss"]
 
 
-def frozen_features(vit, data) -> dict:
-    """{split: (pooled features (N, dim), targets)} of a frozen backbone, in eval mode (no dropout)."""
+def run_device(args) -> torch.device:
+    """The device this process trains on (its own GPU under DDP), for work done before fit."""
+    if resolve_accelerator(args.device)[0] == "gpu":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def frozen_features(vit, data, device) -> dict:
+    """{split: (pooled features (N, dim), targets)} of a frozen backbone on `device`, in eval mode (no dropout)."""
     head, vit.head = vit.head, nn.Identity()
     try:
+        vit.to(device)
         return {s: (predict(vit, x), y) for s, (x, y) in data.items()}
     finally:
         vit.head = head
@@ -148,7 +157,7 @@ def main(argv=None):
     vit_cfg = (model.get_base_model() if is_lora(model) else model).config
     stats = pixel_stats(cfg.replace(**routed["model"]))
     data = make_inputs(task, vit_cfg, stats, train, args.seed)
-    log.info("pixels: %s -> backbone input %dx%d, %d channel(s), normalised by mean %s std %s", task.chain,
+    log.info("pixels, after the data chain: backbone input %dx%d, %d channel(s), normalised by mean %s std %s",
              vit_cfg.img_size, vit_cfg.img_size, vit_cfg.in_chans, stats[0], stats[1])
     if train.weighted_loss:
         kind.weight = balanced_weights(data["train"][1], kind.kind, kind.n_classes)
@@ -158,7 +167,7 @@ def main(argv=None):
     timer = Timer()
     net, inputs = model, data
     if args.method == "linear":  # a frozen backbone: compute its features once, then only the head trains
-        net, inputs = model.head, frozen_features(model, data)
+        net, inputs = model.head, frozen_features(model, data, run_device(args))
     lr = train.lr if train.lr is not None else METHOD_LR[args.method]
     module = AdaptTask(net, kind, lr, train.weight_decay, train.warmup_steps, args.max_steps)
     trainer, stopped, best_val_loss = fit(args, train, module, inputs, f"{args.method} on {task.name}")
