@@ -103,6 +103,10 @@ def test_preference_shapes_plain_conversational_and_implicit_prompt_agree(tmp_pa
     assert rows[0] == rows[1] == rows[2]
     (c_ids, c_mask), (r_ids, r_mask) = rows[0]
     assert _masked(tok, c_ids, c_mask, 1) == f"5{END}" and _masked(tok, r_ids, r_mask, 1) == f"6{END}"
+    multi = {"chosen": msgs(("user", "Hi"), ("assistant", "Hello"), ("user", "2+3?"), ("assistant", "5")),
+             "rejected": msgs(("user", "Hi"), ("assistant", "Hello"), ("user", "2+3?"), ("assistant", "6"))}
+    (c_ids, c_mask), _ = Pairs(tok, read_preferences(write_jsonl(tmp_path / "m.jsonl", [multi]))).rows[0]
+    assert _masked(tok, c_ids, c_mask, 1) == f"5{END}"  # the shared earlier assistant turn is prompt: no loss
 
 
 def test_prompts_keep_extra_columns_for_the_reward(tmp_path):

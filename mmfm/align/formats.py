@@ -13,7 +13,7 @@ shapes (mmfm.align.builtin) and is read back through here.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..data.formats import DataFormatError, Format, read_jsonl, read_utf8, require_path, split_examples, unknown_format
@@ -126,7 +126,7 @@ def _split_implicit(chosen: list[Turn], rejected: list[Turn], where: str):
     if n == 0:
         raise DataFormatError(f"{where}: without 'prompt', 'chosen' and 'rejected' must be conversations that share "
                               "their leading (prompt) messages")
-    return chosen[:n], chosen[n:], rejected[n:]
+    return [replace(t, train=False) for t in chosen[:n]], chosen[n:], rejected[n:]  # no loss on the prompt
 
 
 def read_preferences(path) -> list[Example]:
