@@ -129,7 +129,7 @@ def main(argv=None) -> dict:
                     "steps": trainer.global_step, "samples_seen": samples, "samples_per_s": round(samples / fit_s, 1),
                     "fit_s": round(fit_s, 1), "data_s": round(data_s, 1), "eval_s": round(eval_timer.elapsed, 1),
                     "skipped_samples": sum(task.skipped.values()), "params": model.num_params(),
-                    **{f"data/{k}": v for k, v in split.items()}})  # format and split sizes
+                    **{k if k == "format" else f"split/{k}": v for k, v in split.items()}})  # as the other recipes
     _summary_png(model, test_data, history.history, Path(args.out) / "clip_summary.png")
     return finish(args, model, metrics, timer)
 

@@ -65,8 +65,8 @@ def _run(tmp_path, *args, steps: int = 3) -> dict:
 
 
 def _assert_retrieval_only(metrics, fmt, n):
-    assert metrics["steps"] == 3 and metrics["data/format"] == fmt
-    assert metrics["data/train"] + metrics["data/test"] == n and metrics["data/test"] > 0
+    assert metrics["steps"] == 3 and metrics["format"] == fmt
+    assert metrics["split/train"] + metrics["split/test"] == n and metrics["split/test"] > 0
     for k in ("i2t_recall@1", "i2t_recall@5", "t2i_recall@1", "t2i_recall@5"):
         assert 0.0 <= metrics[k] <= 1.0
     assert not any(k.startswith("zeroshot_") for k in metrics)  # no classes: retrieval only
@@ -75,7 +75,7 @@ def _assert_retrieval_only(metrics, fmt, n):
 def test_csv_default_keys(tmp_path):
     metrics = _run(tmp_path, "--data", str(_csv(tmp_path / "data" / "pairs.csv")))
     _assert_retrieval_only(metrics, "open_clip CSV", 12)
-    assert metrics["data/seed"] == 0 and (tmp_path / "run" / "model" / "config.json").is_file()
+    assert metrics["split/seed"] == 0 and (tmp_path / "run" / "model" / "config.json").is_file()
 
 
 def test_csv_custom_keys_separator_and_tsv(tmp_path):
@@ -83,7 +83,7 @@ def test_csv_custom_keys_separator_and_tsv(tmp_path):
     metrics = _run(tmp_path, "--data", str(data), "--csv-img-key", "img", "--csv-caption-key", "caption",
                    "--csv-separator", ";", "--test-fraction", "0.25")
     _assert_retrieval_only(metrics, "open_clip CSV", 12)
-    assert metrics["data/test_images"] == 3
+    assert metrics["split/test_images"] == 3
     tsv = read_csv_pairs(_csv(tmp_path / "b" / "pairs.tsv", sep="\t"))  # .tsv: tab by default
     assert len(tsv) == 12 and tsv.captions[1] == _caption(1) and Path(tsv.paths[0]).is_file()
 
@@ -119,7 +119,7 @@ def test_webdataset_folder_jpg_txt_without_classes(tmp_path):
     _shard(tmp_path / "shards" / "train-000001.tar", 8, 8, "png")
     _shard(tmp_path / "shards" / "test-000000.tar", 16, 6)
     metrics = _run(tmp_path, "--data", str(tmp_path / "shards"))
-    assert metrics["steps"] == 3 and metrics["data/format"] == "webdataset"
+    assert metrics["steps"] == 3 and metrics["format"] == "webdataset"
     assert metrics["i2t_recall@5"] > 0 and not any(k.startswith("zeroshot_") for k in metrics)
 
 
