@@ -169,6 +169,13 @@ def test_pixels_by_dtype(tmp_path):
         assert corr > 0.99, name  # a monotone (linear, clipped) map of the stored values
 
 
+def test_nan_pixels_refused(tmp_path):
+    x = np.random.default_rng(0).random((6, 8, 8)).astype(np.float32) * 100
+    x[3, 2, 2] = np.nan
+    with pytest.raises(DataFormatError, match="NaN or infinite"):
+        load_task(_npz(tmp_path / "nan.npz", x))
+
+
 def test_pixel_scale_refuses_other_kinds_in_eval_splits():
     scale = PixelScale.fit([np.zeros((2, 4, 4), np.float32) + 0.5], [False], "d")
     assert scale.mode == "unit"

@@ -145,8 +145,10 @@ def _collect(items: list[tuple[Path, tuple[str, ...]]], max_bad_fraction: float,
         except UnreadableImage as e:
             ex.bad.append(str(e))
             continue
-        for img in images:
-            ex.images.append(img), ex.labels.append(labels), ex.groups.append(len(ex.files)), ex.windowed.append(windowed)
+        ex.images += images
+        ex.labels += [labels] * len(images)
+        ex.groups += [len(ex.files)] * len(images)
+        ex.windowed += [windowed] * len(images)
         ex.files.append(str(path))
     if ex.bad:
         shown = "\n  ".join(ex.bad[:5])
@@ -215,10 +217,11 @@ def detect(path: str | os.PathLike) -> str:
             return "CSV"
         raise unknown_format(path, "labelled-image", FORMATS, f"a {p.suffix or 'file without extension'}")
     if (p / LABELS_CSV).is_file():
-        names = [f.name.lower() for f in p.iterdir() if f.is_file() and f.name != LABELS_CSV]
-        if any(n.endswith(NIFTI_EXT) for n in names):
+        files = [f for f in p.iterdir() if f.is_file() and f.name != LABELS_CSV]
+        if any(f.name.lower().endswith(NIFTI_EXT) for f in files):
             return "NIfTI folder"
-        return "DICOM folder" if any(n.endswith(DICOM_EXT) for n in names) else "CSV"
+        dicom = any(f.name.lower().endswith(DICOM_EXT) for f in files) or any(map(_has_dicom_magic, files[:3]))
+        return "DICOM folder" if dicom else "CSV"
     if any(d.is_dir() for d in p.iterdir()):
         return "ImageFolder"
     raise unknown_format(path, "labelled-image", FORMATS, f"a folder with no sub-folders and no {LABELS_CSV}")

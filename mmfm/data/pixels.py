@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .labelled import Examples
 
 log = logging.getLogger(__name__)
+MAX_SAMPLES = 4_000_000  # pixel values drawn (strided) for the intensity-range percentiles
 
 
 @dataclass
@@ -39,10 +40,11 @@ class PixelScale:
             return cls("window")
         if all(x.dtype in (np.uint8, np.bool_) for x in raw):
             return cls("uint8")
-        values = np.concatenate([x.reshape(-1).astype(np.float32) for x in raw])
-        if not np.isfinite(values).all():
+        step = max(1, sum(x.size for x in raw) // MAX_SAMPLES)  # percentiles from a strided sample of the values
+        values = np.concatenate([x.reshape(-1)[::step].astype(np.float32) for x in raw])
+        lo, hi = min(float(x.min()) for x in raw), max(float(x.max()) for x in raw)
+        if not np.isfinite([lo, hi]).all():
             raise DataFormatError(f"{source}: the images hold NaN or infinite values")
-        lo, hi = float(values.min()), float(values.max())
         if all(x.dtype.kind == "f" for x in raw) and lo >= 0 and hi <= 1:
             return cls("unit")
         a, b = (float(v) for v in np.percentile(values, [0.5, 99.5]))
@@ -95,8 +97,10 @@ class Chain:
         if target is not None and set(shapes) != {target}:
             seen = ", ".join(f"{h}x{w}" for (h, w), _ in shapes.most_common(3))
             steps.append(f"resize to {target[0]}x{target[1]} ({len(shapes)} size(s) seen: {seen})")
-        scale = PixelScale.fit([cls._mode(x, channels) for x in ex.images], ex.windowed, source)
-        return cls(channels, target, scale, " -> ".join([*steps, scale.describe()]))
+        chain = cls(channels, target, PixelScale("uint8"), "")
+        chain.scale = PixelScale.fit([chain._resize(cls._mode(x, channels)) for x in ex.images], ex.windowed, source)
+        chain.steps = " -> ".join([*steps, chain.scale.describe()])
+        return chain
 
     @staticmethod
     def _mode(x: np.ndarray, channels: int) -> np.ndarray:
