@@ -196,3 +196,22 @@ def test_ppo_recipe_and_report(tiny_runs, tmp_path):
     stages = report(str(tiny_runs), str(tmp_path))
     assert {"base", "sft", "ppo"} <= set(stages)
     assert (tmp_path / "align_accuracy.png").stat().st_size > 1000 and (tmp_path / "align_ppo.png").is_file()
+
+
+def test_ppo_clips_gradients_under_mixed_precision(tmp_path):
+    """Lightning's mixed-precision plugins refuse to clip a fused optimizer's gradients (found on CUDA with
+    bf16-mixed): PPO's optimizer must not be fused. CPU bf16-mixed goes through the same plugin."""
+    import lightning as L
+
+    from mmfm.align.formats import read_prompts
+    from mmfm.align.rewards import RewardTerm, format_reward
+
+    tok = build_tokenizer()
+    policy, reference = PolicyWithValue(tiny_gpt(tok)), tiny_gpt(tok)
+    cfg = PPOConfig(max_new=4, prompts_per_step=4, minibatch=4, epochs=1)
+    task = PPOTask(policy, reference, [RewardTerm("format", 1.0, fn=format_reward)], tok, cfg)
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"What is {i}+1?"} for i in range(4)])
+    loader = torch.utils.data.DataLoader(Prompts(tok, read_prompts(path)), batch_size=4, collate_fn=list)
+    L.Trainer(max_steps=1, accelerator="cpu", precision="bf16-mixed", logger=False, enable_checkpointing=False,
+              enable_progress_bar=False).fit(task, loader)
+    assert len(task.history) == 1 and task.history[0]["pg_loss"] == task.history[0]["pg_loss"]

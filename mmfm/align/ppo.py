@@ -81,7 +81,8 @@ class PPOTask(L.LightningModule):
         self.history: list[dict] = []
 
     def configure_optimizers(self):
-        return build_optimizer(self.policy, self.cfg.lr, 0.0, betas=(0.9, 0.95))
+        # not fused: Lightning's mixed-precision plugins refuse to clip the gradients of a fused optimizer
+        return build_optimizer(self.policy, self.cfg.lr, 0.0, betas=(0.9, 0.95), fused=False)
 
     def score(self, batch: list[dict], responses: list[list[int]], ids, mask) -> tuple[torch.Tensor, dict]:
         """Weighted sum of the reward terms (B,), and each term's batch mean. A reward model's scores are
