@@ -110,7 +110,8 @@ def _eot_id(model, vocab: int) -> int:
 
 def from_open_clip(model) -> CLIP:
     """An open_clip ViT CLIP (e.g. open_clip.create_model("ViT-B-32")) -> an mmfm CLIP with the same outputs.
-    The tokenizer is open_clip's CLIP BPE (mmfm.tokenizers.ClipTokenizer)."""
+    With argmax text pooling the tokenizer is open_clip's CLIP BPE (mmfm.tokenizers.ClipTokenizer); with 'eos'
+    pooling the end-of-text id is the model's `text_eos_id` and no tokenizer is attached (set `.tokenizer`)."""
     from ..tokenizers import ClipTokenizer
 
     cfg = config_from_open_clip(model)
