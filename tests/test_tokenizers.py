@@ -99,6 +99,8 @@ def test_encode_batch_max_len_zero_is_refused(bpe):
         bpe.encode_batch(["the fox"], max_len=2.5)
     ids, mask = bpe.encode_batch(["the quick brown fox"], max_len=1)
     assert ids.tolist() == [[bpe.eos_id]] and mask.all()
+    with pytest.raises(ValueError, match="max_len must be >= 1"):  # CLIP's default context did not hide it
+        ClipTokenizer(context_length=16).encode_batch(["a cat"], max_len=0)
 
 
 SPECIAL_CASES = {"bpe": ("<|endoftext|>", "<|pad|>"), "char": ("<|endoftext|>", "<|pad|>"),

@@ -54,7 +54,8 @@ class ClipTokenizer(Tokenizer):
 
     def encode_batch(self, texts, max_len=None, add_special=True, pad_to_max=True) -> tuple[torch.Tensor, torch.Tensor]:
         """Like open_clip's tokenizer: [sot] ids [eot] padded with 0 to the context length."""
-        return super().encode_batch(texts, max_len or self.context_length, add_special, pad_to_max)
+        return super().encode_batch(texts, self.context_length if max_len is None else max_len, add_special,
+                                    pad_to_max)
 
     def _save(self, path: Path) -> dict:
         return {"context_length": self.context_length}
