@@ -125,7 +125,7 @@ def test_issue_command_lora_on_image_folder_with_saved_init(tmp_path, monkeypatc
     with caplog.at_level(logging.INFO):
         _recipe("finetune").main(["--init", "runs/clip/model", "--data", "my_xrays/", "--method", "lora",
                                   "--out", "out", "lora_rank=2", *FAST])
-    assert "labelled images: ImageFolder my_xrays/: 2 classes" in caplog.text
+    assert "labelled images: ImageFolder my_xrays/: 20 examples, 2 classes" in caplog.text
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert saved["method"] == "lora" and saved["format"] == "ImageFolder" and data.is_dir() and init.is_dir()
 

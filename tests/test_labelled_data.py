@@ -47,7 +47,7 @@ def test_image_folder_detected_split_and_logged(tmp_path, caplog):
     assert task.sizes == {"train": 17, "val": 2, "test": 5, "duplicates_dropped": 0, "bad_files": 0}
     assert task.images["train"].dtype == np.uint8 and task.images["train"].shape[1:] == (16, 16)
     line = next(r.message for r in caplog.records if r.message.startswith("labelled images:"))
-    assert "ImageFolder" in line and "3 classes" in line and "uint8 / 255" in line
+    assert "ImageFolder" in line and "24 examples, 3 classes" in line and "uint8 / 255" in line
     again = load_task(root, seed=3)  # deterministic by seed
     assert all(np.array_equal(task.images[s], again.images[s]) for s in ("train", "val", "test"))
     assert not np.array_equal(task.labels["test"], load_task(root, seed=4).labels["test"])

@@ -376,8 +376,8 @@ def load_labelled(data: str | os.PathLike, root: str | os.PathLike = ".", val_da
         task = _stored_splits(text, root)
     else:
         task = _read_splits(text, fmt, val_data, test_data, size, val_fraction, test_fraction, seed, max_bad_fraction)
-    log.info("labelled images: %s %s: %d classes (%s), splits %s; chain: %s", fmt, text, task.n_classes, task.kind,
-             task.sizes, task.chain)
+    log.info("labelled images: %s %s: %d examples, %d classes (%s), splits %s; chain: %s", fmt, text,
+             sum(task.sizes[s] for s in SPLITS), task.n_classes, task.kind, task.sizes, task.chain)
     return task
 
 
