@@ -205,3 +205,11 @@ def test_label_efficiency_on_user_folders(tmp_path):
     assert [(r["backbone"], r["method"], r["data"]) for r in rows] == [("scratch", "linear", "train")]
     cell = json.loads((out / "train" / "scratch_linear_f1" / "metrics.json").read_text())
     assert cell["split/test"] == 6 and cell["split/train"] + cell["split/val"] == 20
+
+
+def test_vit_classify_refuses_val_data_without_data(tmp_path):
+    from mmfm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--val-data / --test-data go with --data"):
+        _recipe("vit_classify").main(["--val-data", str(tmp_path), "--out", str(tmp_path / "run"), "--max-steps", "2"])
+    assert not (tmp_path / "run").exists()
