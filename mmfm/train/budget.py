@@ -43,8 +43,11 @@ class BudgetClock(L.Callback):
         self._base, self._t = self.train_s, self._now()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.budget_s <= 0:  # no budget: nothing depends on the clock, no collective needed
+            self.train_s = self._local()
+            return
         self.train_s = float(trainer.strategy.broadcast(self._local(), src=0))
-        if self.budget_s > 0 and self.train_s >= self.budget_s:
+        if self.train_s >= self.budget_s:
             trainer.should_stop = True
 
     def on_validation_start(self, trainer, pl_module):
