@@ -14,6 +14,8 @@ import csv
 import io
 import logging
 import os
+import struct
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,8 +127,27 @@ def read_image_file(path: str | os.PathLike) -> tuple[list[np.ndarray], bool]:
         return [_read_pil(path)], False
     except FileNotFoundError:
         raise
-    except Exception as e:  # noqa: BLE001 - decoders raise many types (OSError, InvalidDicomError, ImageFileError, ...)
+    except _decode_errors() as e:
         raise UnreadableImage(f"{path}: {type(e).__name__}: {e}") from None
+
+
+def _decode_errors() -> tuple[type[BaseException], ...]:
+    """What the decoders raise for a damaged or foreign file (PIL: OSError; numpy: ValueError; pydicom:
+    InvalidDicomError, AttributeError without pixel data; nibabel: ImageFileError; gzip: zlib.error, EOFError)."""
+    errors: list[type[BaseException]] = [OSError, ValueError, EOFError, AttributeError, zlib.error, struct.error]
+    try:
+        from pydicom.errors import InvalidDicomError
+
+        errors.append(InvalidDicomError)
+    except ImportError:
+        pass
+    try:
+        from nibabel.filebasedimages import ImageFileError
+
+        errors.append(ImageFileError)
+    except ImportError:
+        pass
+    return tuple(errors)
 
 
 def _has_dicom_magic(path: Path) -> bool:
