@@ -258,7 +258,7 @@ def test_resume_continues_the_global_step(tmp_path, base, monkeypatch, stage):
 
 @pytest.mark.slow
 def test_sft_ddp_two_processes_rank_zero_writes(tmp_path, base):
-    chats = write_jsonl(tmp_path / "chats.jsonl", CHATS + [{"prompt": f"Q{i}", "completion": f"A{i}"} for i in range(8)])
+    chats = write_jsonl(tmp_path / "chats.jsonl", CHATS + [{"messages": msgs(("user", f"Q{i}"), ("assistant", f"A{i}"))} for i in range(8)])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, str(ROOT / "recipes" / "sft.py"), "--init", str(base), "--data", str(chats), "--out",
            str(tmp_path / "ddp"), "--max-steps", "3", "--device", "cpu", "--devices", "2", "--strategy", "ddp",
