@@ -80,7 +80,8 @@ def main(argv=None):
     tok, reference = policy.tokenizer, copy.deepcopy(policy).eval().requires_grad_(False)
     data, val_data = args.data, args.val_data
     if not data:
-        data, val_data = write_preferences(Path(args.out) / "data", policy, tok, cfg, args.seed)
+        data, builtin_val = write_preferences(Path(args.out) / "data", policy, tok, cfg, args.seed)
+        val_data = val_data or builtin_val  # a --val-data given still counts
     train, heldout, sizes = train_val(data, val_data, read_preferences, cfg.val_fraction, args.seed)
     task_pairs = all(problem_of(e.extra) for e in train)  # the built-in task's pairs (columns a, op, b)
     if "n_eval" in args.overrides and not task_pairs:

@@ -70,7 +70,8 @@ def main(argv=None):
     reference, tok = mmfm.build_model(args.init), policy.gpt.tokenizer
     data, val_data = args.data, args.val_data
     if not data:
-        data, val_data = write_prompts(Path(args.out) / "data", run.n_pool, run.n_eval, args.seed)
+        data, builtin_val = write_prompts(Path(args.out) / "data", run.n_pool, run.n_eval, args.seed)
+        val_data = val_data or builtin_val  # a --val-data given still counts
     train, heldout, sizes = train_val(data, val_data, read_prompts, run.val_fraction, args.seed)
     train, heldout = (Prompts(tok, d, policy.config.block_size) for d in (train, heldout))
     task = PPOTask(policy, reference, rewards, tok, cfg)

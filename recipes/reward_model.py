@@ -81,7 +81,8 @@ def main(argv=None):
     tok = sft.tokenizer
     data, val_data = args.data, args.val_data
     if not data:
-        data, val_data = write_preferences(Path(args.out) / "data", sft, tok, cfg, args.seed)
+        data, builtin_val = write_preferences(Path(args.out) / "data", sft, tok, cfg, args.seed)
+        val_data = val_data or builtin_val  # a --val-data given still counts
     train, heldout, sizes = train_val(data, val_data, read_preferences, cfg.val_fraction, args.seed)
     train_pairs, val_pairs = Pairs(tok, train, sft.config.block_size), Pairs(tok, heldout, sft.config.block_size)
     rm = RewardModel(sft)

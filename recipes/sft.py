@@ -56,7 +56,8 @@ def main(argv=None):
     tok = model.tokenizer
     data, val_data = args.data, args.val_data
     if not data:
-        data, val_data = write_sft(Path(args.out) / "data", cfg.n_train, cfg.n_eval, args.seed)
+        data, builtin_val = write_sft(Path(args.out) / "data", cfg.n_train, cfg.n_eval, args.seed)
+        val_data = val_data or builtin_val  # a --val-data given still counts
     train, val, sizes = train_val(data, val_data, read_chat, cfg.val_fraction, args.seed)
     train, val = (Chats(tok, d, model.config.block_size) for d in (train, val))
     task = LMTask(model, cfg.lr, cfg.weight_decay, cfg.warmup, args.max_steps)

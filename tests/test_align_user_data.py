@@ -212,6 +212,9 @@ def test_flags_that_would_be_ignored_are_errors(tmp_path, base):
     chats = write_jsonl(tmp_path / "chats.jsonl", CHATS)
     with pytest.raises(ConfigError, match="n_train only shape the built-in task's data"):
         _recipe("sft").main(["--init", str(base), "--data", str(chats), "--out", str(tmp_path / "x"), "n_train=8"])
+    with pytest.raises(ConfigError, match="val_fraction splits --data when no --val-data is given"):
+        _recipe("sft").main(["--init", str(base), "--data", str(chats), "--val-data", str(chats), "--out",
+                             str(tmp_path / "x"), "val_fraction=0.2"])
     prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
     with pytest.raises(ConfigError, match="reward= is required with --data"):
         _recipe("ppo").main(["--init", str(base), "--data", str(prompts), "--out", str(tmp_path / "y")])

@@ -14,11 +14,15 @@ log = logging.getLogger(__name__)
 
 
 def builtin_only(args, names: tuple[str, ...]) -> None:
-    """Overrides that shape the built-in task's files are an error with --data (they would be ignored)."""
+    """Overrides that shape the built-in task's files are an error with --data (they would be ignored), and
+    val_fraction is one unless --data is split (no --val-data)."""
     given = sorted(set(args.overrides) & set(names))
     if getattr(args, "data", None) and given:
         raise ConfigError(f"{', '.join(given)} only shape the built-in task's data; with --data {args.data} "
                           "drop them (the file decides what is trained on)")
+    if "val_fraction" in args.overrides and (args.val_data or not args.data):
+        raise ConfigError("val_fraction splits --data when no --val-data is given; here the held-out records come "
+                          f"from {args.val_data or 'the built-in task'}")
 
 
 def train_loader(dataset, batch_size: int, collate, seed: int) -> DataLoader:
