@@ -234,6 +234,7 @@ class TextPlan:
         try:
             write_token_folder(self.splits, tmp, self.tokenizer, meta, self.separator, min_tokens)
             os.rename(tmp, self.folder)
+            log.info("token folder %s ready", self.folder)
         except OSError:
             if not (self.folder / META).is_file():  # not another rank finishing first: a real failure
                 raise
