@@ -196,6 +196,7 @@ def test_unreadable_images_are_skipped_counted_and_all_bad_fails(tmp_path):
     test = _csv(tmp_path / "test" / "pairs.csv", n=4)
     metrics = _run(tmp_path, "--data", str(data), "--test-data", str(test))
     assert metrics["skipped_samples"] >= 1 and metrics["steps"] == 3
+    assert metrics["split/train"] == 8 and metrics["split/test"] == 4  # given splits, sizes in pairs
     for p in (tmp_path / "train" / "images").glob("*.png"):
         p.write_bytes(b"not an image")
     _fails(tmp_path, ["--data", str(data), "--test-data", str(test)], "none of the first 8 images can be read")

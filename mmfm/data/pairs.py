@@ -370,6 +370,9 @@ def resolve_pairs(data, test_data=None, keys: CsvKeys = CsvKeys(), test_fraction
                                   f"test split at test_fraction={test_fraction}; add pairs or pass --test-data")
     elif test is None:
         test = _shards_beside(train)
+    else:  # given splits: their sizes in pairs where they are files
+        sizes.update({name: len(part) for name, part in (("train", train), ("test", test))
+                      if isinstance(part, PairSet)})
     for part in (train, test):
         if isinstance(part, PairSet):
             check_images(part)
