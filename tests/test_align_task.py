@@ -72,3 +72,12 @@ def test_confirmation_set_is_heldout_and_disjoint_from_every_evaluated_prompt():
     wrong = ["Answer: -1"] * 4
     assert _accuracy(probs[:4], right) == 1.0 and _accuracy(probs[:4], wrong) == 0.0
     assert _accuracy(probs[:4], right[:2] + wrong[2:], keep=lambda p: p in probs[:2]) == 1.0
+
+
+def test_pairs_leave_out_samples_with_special_token_text():
+    """A barely trained model samples <|user|> mid-answer; such a sample, written as JSONL text, would read back
+    as plain characters (which the char vocabulary cannot even encode), so the built-in pairs leave it out."""
+    from mmfm.align.builtin import writable
+
+    tok = build_tokenizer()
+    assert writable(tok, ["12. Answer: 3", f"1{USER}2", "12. Answer: 3", "x<|endoftext|>"]) == ["12. Answer: 3"]

@@ -60,21 +60,28 @@ class PairConfig:
     pairs_per_prompt: int = 4  # at most this many strict pairs kept per prompt
 
 
+def writable(tok, samples: list[str]) -> list[str]:
+    """The distinct samples that hold no special-token text (a barely trained model samples <|user|> and the
+    like mid-answer): written as JSONL they would read back as plain characters, not as the sampled tokens."""
+    specials = [s for s in getattr(tok, "special_tokens", {})]
+    return sorted(r for r in set(samples) if not any(s in r for s in specials))
+
+
 def make_pairs(gpt, tok, problems: list[Problem], k: int = 4, temperature: float = 1.0, seed: int = 0,
                per_prompt: int = 2) -> list[dict]:
     """Sample k responses per prompt, rank with the labeller, keep up to `per_prompt` strict pairs."""
     rng, gen = random.Random(seed), torch.Generator(next(gpt.parameters()).device).manual_seed(seed)
     prompts = eval_prompts(problems, seed)
     samples = generate_texts(gpt, tok, [p for p in prompts for _ in range(k)], temperature=temperature, generator=gen)
-    pairs = []
+    pairs, dropped = [], sum(len(writable(tok, [s])) == 0 for s in samples)
     for i, (prob, prompt) in enumerate(zip(problems, prompts)):
-        outs = sorted(set(samples[i * k:(i + 1) * k]), key=lambda r: judge(prob, r), reverse=True)
+        outs = sorted(writable(tok, samples[i * k:(i + 1) * k]), key=lambda r: judge(prob, r), reverse=True)
         cands = [(x, y) for j, x in enumerate(outs) for y in outs[j + 1:] if prefer(prob, x, y) > 0]
         for x, y in rng.sample(cands, min(per_prompt, len(cands))):
             pairs.append({"prompt": prompt, "chosen": x, "rejected": y, "a": prob.a, "op": prob.op, "b": prob.b})
     correct = sum(judge(p, s)[0] == 2 for j, p in enumerate(problems) for s in samples[j * k:(j + 1) * k])
-    log.info("%d pairs from %d prompts x %d samples; %.1f%% of samples correct", len(pairs), len(problems), k,
-             100 * correct / max(len(samples), 1))
+    log.info("%d pairs from %d prompts x %d samples; %.1f%% of samples correct; %d samples with special-token text "
+             "left out", len(pairs), len(problems), k, 100 * correct / max(len(samples), 1), dropped)
     return pairs
 
 
