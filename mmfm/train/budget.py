@@ -16,7 +16,7 @@ def _clock(seconds: float) -> str:
 
 class BudgetClock(L.Callback):
     """Seconds spent training (validation excluded, resumed runs included) and seconds validating.
-    `train_s` is rank 0's value, broadcast to every rank at the end of each training batch; with `budget_s > 0`
+    `train_s` is rank 0's value, broadcast to every rank before each optimizer step; with `budget_s > 0`
     training stops (on every rank at once) when it is spent. `fraction()` is what the LR schedule reads."""
 
     def __init__(self, budget_s: float = 0.0):
@@ -42,12 +42,16 @@ class BudgetClock(L.Callback):
     def on_train_start(self, trainer, pl_module):
         self._base, self._t = self.train_s, self._now()
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        """Synchronise before the step, so that the LR scheduler (stepped right after it) and the stop decision
+        read the same number: once a step spends the budget, the LR it leaves is the end of the cosine."""
         if self.budget_s <= 0:  # no budget: nothing depends on the clock, no collective needed
             self.train_s = self._local()
             return
         self.train_s = float(trainer.strategy.broadcast(self._local(), src=0))
-        if self.train_s >= self.budget_s:
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.budget_s > 0 and self.train_s >= self.budget_s:
             trainer.should_stop = True
 
     def on_validation_start(self, trainer, pl_module):

@@ -27,7 +27,8 @@ class ClipTrain:
     shuffle: int = opt(2000, lo=0)  # sample shuffle buffer
     augment: bool = True  # small random affine on training images
     random_caption: bool = True  # draw a fresh caption from json["captions"] each time an image is seen
-    train_minutes: float = opt(9.0, lo=0.0)  # training-time budget (0: none; stop at --max-steps), one clock for all ranks
+    train_minutes: float = opt(9.0, lo=0.0)  # training-time budget (0: none, stop at --max-steps); one clock
+    # for all ranks
     schedule_by_time: bool = True  # the cosine follows max(step / max_steps, elapsed / budget): it always anneals
     eval_batch: int = opt(512, lo=1)
     max_bad_fraction: float = opt(0.05, lo=0.0, hi=1.0)  # stop when more than this fraction of samples could not be decoded
@@ -86,4 +87,5 @@ class ClipTask(L.LightningModule):
         t = self.train_cfg
         opt = build_optimizer(self.model, t.lr, t.weight_decay, betas=(0.9, t.beta2), eps=1e-6)
         progress = self.clock.fraction if t.schedule_by_time and self.clock.budget_s > 0 else None
-        return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, t.warmup, self.max_steps, t.min_lr_ratio, progress)}
+        sched = build_scheduler(opt, t.warmup, self.max_steps, t.min_lr_ratio, progress)
+        return {"optimizer": opt, "lr_scheduler": sched}

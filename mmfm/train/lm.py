@@ -47,7 +47,8 @@ class LMTask(L.LightningModule):
         self.model, self.cfg, self.max_steps = model, cfg, max_steps
         self.clock = clock if clock is not None else BudgetClock(cfg.time_budget_s)
         if self.clock.budget_s != (cfg.time_budget_s or 0.0):
-            raise ValueError(f"the clock's budget ({self.clock.budget_s} s) differs from time_budget_s={cfg.time_budget_s}")
+            raise ValueError(f"the clock's budget ({self.clock.budget_s} s) differs from "
+                             f"time_budget_s={cfg.time_budget_s}")
         maybe_compile(self, cfg.compile)
 
     def forward(self, idx):
