@@ -69,9 +69,16 @@ def test_gathered_negatives_gradients_equal_full_batch(tmp_path):
     ddp = torch.load(tmp_path / "ddp_grads.pt")
     model = _model()
     images, text = _inputs(model)
-    full = _grads(model, ClipLoss()(*model(images, text)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' setting: the same summation order where the kernels allow it
+    try:
+        full = _grads(model, ClipLoss()(*model(images, text)))
+    finally:
+        torch.set_num_threads(threads)
     assert full.keys() == ddp["mmfm"].keys()
     for name, g in full.items():
         assert g.abs().sum() > 0 or name == "visual.cls_token"
-        assert torch.allclose(ddp["mmfm"][name], g, atol=1e-6, rtol=1e-4), name
-        assert torch.allclose(ddp["open_clip"][name], g, atol=1e-6, rtol=1e-4), name
+        # fp32 sums over a different split of the batch: ~1e-6 relative to the largest gradient entries (~5)
+        tol = dict(atol=2e-5, rtol=1e-4)
+        assert torch.allclose(ddp["mmfm"][name], g, **tol), name
+        assert torch.allclose(ddp["open_clip"][name], g, **tol), name
