@@ -30,6 +30,7 @@ from mmfm.train import (LossHistory, Timer, checkpoint_to_resume, finish, make_t
                         setup_logging, split_overrides)
 from mmfm.train.budget import BudgetClock
 from mmfm.train.lm import LMTask, LMTrainConfig, evaluate
+from mmfm.train.strategies import gathered
 
 log = logging.getLogger("recipes.gpt_pretrain")
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,6 +158,7 @@ def main(argv=None) -> dict:
     trainer = make_trainer(args, callbacks=[history, CountCompleted(stream)], val_every=train.val_every,
                            gradient_clip_val=train.grad_clip or None, num_sanity_val_steps=0)
     trainer.fit(task, train_loader, val_loader, ckpt_path=checkpoint_to_resume(args.resume))
+    model = gathered(model)  # FSDP: the full weights on rank 0 (a collective, so every rank calls it)
     if not trainer.is_global_zero:  # under DDP, rank 0 evaluates and writes the outputs
         return {}
 

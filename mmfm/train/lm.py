@@ -11,6 +11,7 @@ from ..config import opt
 from ..losses.lm import lm_loss
 from .budget import BudgetClock
 from .optim import build_optimizer, build_scheduler, maybe_compile
+from .strategies import ShardedTask
 
 
 @dataclass
@@ -37,7 +38,7 @@ class LMTrainConfig:
     threads: int = opt(0, lo=0)  # torch threads (0: leave torch's default)
 
 
-class LMTask(L.LightningModule):
+class LMTask(ShardedTask, L.LightningModule):
     """Next-token prediction on (x, y) batches; logs train/loss, val/loss and the learning rate.
     With cfg.time_budget_s, a BudgetClock (made here unless given) stops training once the budget is spent,
     on every rank at the same step, and the cosine follows the larger of the step and budget fractions."""

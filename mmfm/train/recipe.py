@@ -140,6 +140,7 @@ def make_trainer(args: argparse.Namespace, callbacks=(), val_every: int | None =
 
     from .budget import BudgetProgressBar
     from .reliability import NonFiniteGuard, RNGState, RunCheckpoint, SafeCheckpointIO
+    from .strategies import build_strategy
 
     quiet_lightning()
     accelerator, precision = resolve_accelerator(args.device, getattr(args, "precision", "auto"))
@@ -155,7 +156,8 @@ def make_trainer(args: argparse.Namespace, callbacks=(), val_every: int | None =
     kw.setdefault("logger", CSVLogger(args.out, name="logs", version=""))
     bar = [BudgetProgressBar(refresh_rate=10)] if kw.get("enable_progress_bar", True) else []
     return L.Trainer(
-        accelerator=accelerator, devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
+        accelerator=accelerator, devices=args.devices, num_nodes=args.num_nodes,
+        strategy=build_strategy(args.strategy, args.devices, args.num_nodes),
         precision=precision, max_steps=args.max_steps, max_epochs=-1, default_root_dir=args.out,
         enable_model_summary=False,
         callbacks=[*bar, RNGState(), NonFiniteGuard(), *ckpts, *callbacks],

@@ -63,8 +63,19 @@ def build_strategy(name: str, devices: int = 1, num_nodes: int = 1):
         return name
     from lightning.pytorch.strategies import ModelParallelStrategy
 
-    return ModelParallelStrategy(data_parallel_size=devices * num_nodes, tensor_parallel_size=1,
-                                 save_distributed_checkpoint=False)
+    class FSDP2Strategy(ModelParallelStrategy):
+        def setup(self, trainer) -> None:
+            task = self.lightning_module
+            if not isinstance(task, ShardedTask):
+                from ..config import ConfigError
+
+                raise ConfigError(f"--strategy fsdp is not supported by {type(task).__name__} yet (FSDP2 runs the "
+                                  "tasks that inherit mmfm.train.strategies.ShardedTask: GPT pretraining); "
+                                  "use --strategy ddp")
+            super().setup(trainer)
+
+    return FSDP2Strategy(data_parallel_size=devices * num_nodes, tensor_parallel_size=1,
+                         save_distributed_checkpoint=False)
 
 
 def gathered(model: nn.Module) -> nn.Module | None:
