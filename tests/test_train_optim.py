@@ -79,3 +79,22 @@ def test_build_scheduler_is_a_per_step_lambda():
     d = build_scheduler(opt, 2, 10, 0.5)
     assert d["interval"] == "step" and isinstance(d["scheduler"], torch.optim.lr_scheduler.LambdaLR)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5)  # step 0 of a 2-step warmup
+
+
+def test_mixed_precision_with_gradient_clipping_gets_an_unfused_adamw(tmp_path):
+    """Found on an H200: Lightning refuses to clip the gradients of a fused AdamW under mixed precision, so
+    gpt_pretrain (grad_clip=1.0) crashed at its first step on CUDA (bf16-mixed); the same happens on the CPU."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gpt_pretrain", root / "recipes" / "gpt_pretrain.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    text = tmp_path / "notes.txt"
+    text.write_text("\n\n".join(f"the quick brown fox {i} jumps over the lazy dog " * 8 for i in range(40)))
+    recipe.main(["--data", str(text), "--out", str(tmp_path / "run"), "--preset", "gpt-test", "--max-steps", "2",
+                 "--precision", "bf16-mixed", "time_budget_s=0", "block_size=16", "batch_size=2", "val_tokens=64",
+                 "sample_tokens=0", "val_every=1000", "chunk_chars=200"])
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 2

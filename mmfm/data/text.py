@@ -306,8 +306,9 @@ def _make_tokenizer(spec: str, parts: dict[str, list[str]], cfg: TextDataConfig)
     from ..tokenizers import load_hf_tokenizer, load_tokenizer
     from .tokens import train_tokenizer
 
-    if spec == "char":  # the vocabulary covers every split: a held-out character must stay encodable
-        return train_tokenizer("".join(d for docs in parts.values() for d in docs), "char")
+    if spec == "char":  # the vocabulary covers every split (a held-out character must stay encodable) and the
+        # "\n\n" that joins the chunks of one file
+        return train_tokenizer("\n\n" + "".join(d for docs in parts.values() for d in docs), "char")
     if spec == "bpe":
         return train_tokenizer("\n\n".join(parts["train"]), "bpe", cfg.bpe_vocab)
     path, config = Path(spec), Path(spec) / "tokenizer_config.json"

@@ -122,5 +122,5 @@ class ClassifyTask(L.LightningModule):
         self.log("val/accuracy", (logits.argmax(-1) == labels).float().mean(), prog_bar=True)
 
     def configure_optimizers(self):
-        opt = build_optimizer(self.model, self.lr, self.weight_decay)
+        opt = build_optimizer(self.model, self.lr, self.weight_decay, trainer=self._trainer)
         return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.warmup_steps, self.total_steps, 0.05)}

@@ -85,7 +85,7 @@ class ClipTask(L.LightningModule):
 
     def configure_optimizers(self):
         t = self.train_cfg
-        opt = build_optimizer(self.model, t.lr, t.weight_decay, betas=(0.9, t.beta2), eps=1e-6)
+        opt = build_optimizer(self.model, t.lr, t.weight_decay, betas=(0.9, t.beta2), eps=1e-6, trainer=self._trainer)
         progress = self.clock.fraction if t.schedule_by_time and self.clock.budget_s > 0 else None
         sched = build_scheduler(opt, t.warmup, self.max_steps, t.min_lr_ratio, progress)
         return {"optimizer": opt, "lr_scheduler": sched}

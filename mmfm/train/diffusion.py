@@ -48,7 +48,7 @@ class DiffusionTask(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        opt = build_optimizer(self.model, self.lr, self.weight_decay, betas=(0.9, 0.99))
+        opt = build_optimizer(self.model, self.lr, self.weight_decay, betas=(0.9, 0.99), trainer=self._trainer)
         return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.warmup_steps, self.total_steps, 0.05)}
 
 

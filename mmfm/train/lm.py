@@ -70,7 +70,7 @@ class LMTask(ShardedTask, L.LightningModule):
 
     def configure_optimizers(self):
         c = self.cfg
-        opt = build_optimizer(self.model, c.lr, c.weight_decay, betas=(c.beta1, c.beta2))
+        opt = build_optimizer(self.model, c.lr, c.weight_decay, betas=(c.beta1, c.beta2), trainer=self._trainer)
         progress = self.clock.fraction if c.time_budget_s else None
         return {"optimizer": opt,
                 "lr_scheduler": build_scheduler(opt, c.warmup_steps, self.max_steps, c.min_lr / c.lr if c.lr else 0.0,

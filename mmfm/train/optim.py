@@ -43,13 +43,24 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
-                    eps: float = 1e-8, fused: bool | None = None) -> torch.optim.AdamW:
-    """AdamW over `param_groups`; the fused kernel when every parameter is on cpu or cuda (unless `fused` says)."""
+                    eps: float = 1e-8, fused: bool | None = None, trainer=None) -> torch.optim.AdamW:
+    """AdamW over `param_groups`; the fused kernel when every parameter is on cpu or cuda (unless `fused` says),
+    except under a mixed-precision `trainer` that clips gradients: Lightning refuses to clip a fused optimizer's
+    gradients there (it unscales them inside its step), so that run gets the unfused kernel."""
     groups = param_groups(model, weight_decay)
     if fused is None:
         params = [p for g in groups for p in g["params"]]
         fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+        fused = fused and not _clips_under_amp(trainer)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
+
+
+def _clips_under_amp(trainer) -> bool:
+    if trainer is None or not getattr(trainer, "gradient_clip_val", None):
+        return False
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    return isinstance(getattr(trainer, "precision_plugin", None), MixedPrecision)
 
 
 def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.0,
