@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -28,9 +27,9 @@ import mmfm
 from mmfm.align.builtin import PairConfig, problem_of, write_preferences
 from mmfm.align.chat import encode_turns
 from mmfm.align.data import Pairs, pair_collate
-from mmfm.align.formats import add_data_args, read_preferences, train_val
+from mmfm.align.formats import add_data_args, read_preferences
 from mmfm.align.rollout import evaluate, kl_to_reference, rows_logprobs
-from mmfm.align.run import builtin_only, fit, train_loader
+from mmfm.align.run import builtin_only, fit, splits, train_loader
 from mmfm.align.splits import heldout_problems
 from mmfm.align.tasks import DPOTask
 from mmfm.config import opt
@@ -78,11 +77,7 @@ def main(argv=None):
     timer = Timer()
     policy = mmfm.build_model(args.init)
     tok, reference = policy.tokenizer, copy.deepcopy(policy).eval().requires_grad_(False)
-    data, val_data = args.data, args.val_data
-    if not data:
-        data, builtin_val = write_preferences(Path(args.out) / "data", policy, tok, cfg, args.seed)
-        val_data = val_data or builtin_val  # a --val-data given still counts
-    train, heldout, sizes = train_val(data, val_data, read_preferences, cfg.val_fraction, args.seed)
+    train, heldout, sizes = splits(args, lambda folder: write_preferences(folder, policy, tok, cfg, args.seed), read_preferences, cfg.val_fraction)
     task_pairs = all(problem_of(e.extra) for e in train)  # the built-in task's pairs (columns a, op, b)
     if "n_eval" in args.overrides and not task_pairs:
         raise mmfm.config.ConfigError("n_eval evaluates the built-in task; these pairs lack its columns a, op, b")

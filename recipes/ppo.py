@@ -28,13 +28,13 @@ import torch
 
 import mmfm
 from mmfm.align.builtin import write_prompts
-from mmfm.align.formats import add_data_args, read_prompts, train_val
+from mmfm.align.formats import add_data_args, read_prompts
 from mmfm.align.heads import PolicyWithValue
 from mmfm.align.ppo import PPOConfig, PPOTask, Prompts
 from mmfm.align.report import plot_ppo
 from mmfm.align.rewards import load_rewards
 from mmfm.align.rollout import evaluate, kl_to_reference
-from mmfm.align.run import builtin_only, fit, train_loader
+from mmfm.align.run import builtin_only, fit, splits, train_loader
 from mmfm.align.splits import heldout_problems
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 
@@ -68,11 +68,7 @@ def main(argv=None):
     timer = Timer()
     policy = PolicyWithValue(mmfm.build_model(args.init))
     reference, tok = mmfm.build_model(args.init), policy.gpt.tokenizer
-    data, val_data = args.data, args.val_data
-    if not data:
-        data, builtin_val = write_prompts(Path(args.out) / "data", run.n_pool, run.n_eval, args.seed)
-        val_data = val_data or builtin_val  # a --val-data given still counts
-    train, heldout, sizes = train_val(data, val_data, read_prompts, run.val_fraction, args.seed)
+    train, heldout, sizes = splits(args, lambda folder: write_prompts(folder, run.n_pool, run.n_eval, args.seed), read_prompts, run.val_fraction)
     train, heldout = (Prompts(tok, d, policy.config.block_size) for d in (train, heldout))
     task = PPOTask(policy, reference, rewards, tok, cfg)
     steps = argparse.Namespace(**{**vars(args), "max_steps": args.max_steps * cfg.updates_per_step(), "ckpt_every": None})

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -29,10 +28,10 @@ from torch.utils.data import DataLoader
 import mmfm
 from mmfm.align.builtin import PairConfig, problem_of, write_preferences
 from mmfm.align.data import Pairs, pair_collate
-from mmfm.align.formats import Example, add_data_args, read_preferences, train_val
+from mmfm.align.formats import Example, add_data_args, read_preferences
 from mmfm.align.heads import RewardModel
 from mmfm.align.rollout import rows_scores
-from mmfm.align.run import builtin_only, fit, train_loader
+from mmfm.align.run import builtin_only, fit, splits, train_loader
 from mmfm.align.task import pair_kind
 from mmfm.align.tasks import RewardTask
 from mmfm.config import opt
@@ -79,11 +78,7 @@ def main(argv=None):
     timer = Timer()
     sft = mmfm.build_model(args.sft)
     tok = sft.tokenizer
-    data, val_data = args.data, args.val_data
-    if not data:
-        data, builtin_val = write_preferences(Path(args.out) / "data", sft, tok, cfg, args.seed)
-        val_data = val_data or builtin_val  # a --val-data given still counts
-    train, heldout, sizes = train_val(data, val_data, read_preferences, cfg.val_fraction, args.seed)
+    train, heldout, sizes = splits(args, lambda folder: write_preferences(folder, sft, tok, cfg, args.seed), read_preferences, cfg.val_fraction)
     train_pairs, val_pairs = Pairs(tok, train, sft.config.block_size), Pairs(tok, heldout, sft.config.block_size)
     rm = RewardModel(sft)
     collate = pair_collate(tok.pad_id)

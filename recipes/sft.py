@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 import mmfm
 from mmfm.align.builtin import write_sft
 from mmfm.align.data import Chats, chat_collate
-from mmfm.align.formats import add_data_args, read_chat, train_val
+from mmfm.align.formats import add_data_args, read_chat
 from mmfm.align.rollout import chat_nll, evaluate
-from mmfm.align.run import builtin_only, fit, train_loader
+from mmfm.align.run import builtin_only, fit, splits, train_loader
 from mmfm.align.splits import heldout_problems
 from mmfm.align.tasks import LMTask
 from mmfm.config import opt
@@ -54,11 +53,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     model = mmfm.build_model(args.init)
     tok = model.tokenizer
-    data, val_data = args.data, args.val_data
-    if not data:
-        data, builtin_val = write_sft(Path(args.out) / "data", cfg.n_train, cfg.n_eval, args.seed)
-        val_data = val_data or builtin_val  # a --val-data given still counts
-    train, val, sizes = train_val(data, val_data, read_chat, cfg.val_fraction, args.seed)
+    train, val, sizes = splits(args, lambda folder: write_sft(folder, cfg.n_train, cfg.n_eval, args.seed), read_chat, cfg.val_fraction)
     train, val = (Chats(tok, d, model.config.block_size) for d in (train, val))
     task = LMTask(model, cfg.lr, cfg.weight_decay, cfg.warmup, args.max_steps)
     hist = LossHistory(args.out, prefixes=("train/loss",), title="align: SFT")

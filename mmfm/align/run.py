@@ -25,6 +25,20 @@ def builtin_only(args, names: tuple[str, ...]) -> None:
                           f"from {args.val_data or 'the built-in task'}")
 
 
+def splits(args, write_builtin, reader, val_fraction: float):
+    """(train, val, sizes) from --data/--val-data; without --data, `write_builtin(folder)` writes the built-in
+    task's files under <out>/data and returns (train file, val file), and a --val-data given still counts."""
+    from pathlib import Path
+
+    from .formats import train_val
+
+    data, val_data = args.data, args.val_data
+    if not data:
+        data, builtin_val = write_builtin(Path(args.out) / "data")
+        val_data = val_data or builtin_val
+    return train_val(data, val_data, reader, val_fraction, args.seed)
+
+
 def train_loader(dataset, batch_size: int, collate, seed: int) -> DataLoader:
     """A shuffled loader of full batches; a batch larger than the data shrinks to it."""
     if len(dataset) == 0:

@@ -12,8 +12,6 @@ import logging
 import operator
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Collection, Literal
 
@@ -160,21 +158,12 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the tokenizer folder whole: into a temporary sibling folder, then swapped in for `path`."""
-        from ..checkpoint import _default_mode, _swap_in
+        from ..checkpoint import atomic_folder
 
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise FileExistsError(f"{path} exists and is not a folder: a tokenizer is saved as a folder")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-        try:
-            _default_mode(tmp, is_dir=True)
+        with atomic_folder(path, "tokenizer") as tmp:
             meta = {"kind": self.kind, **self._save(tmp)}
             (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
-            _swap_in(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
 
