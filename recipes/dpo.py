@@ -1,9 +1,14 @@
-"""Stage 2b of alignment: DPO (or IPO) on preference pairs.
+"""Stage 2b of alignment: DPO (or IPO, hinge, robust DPO, ORPO) on preference pairs.
 
     python recipes/dpo.py --init runs/align/sft/model --data runs/align/rm/data/preferences.jsonl --out runs/align/dpo
     python recipes/dpo.py --init runs/my_sft/model --data prefs.jsonl --out runs/my_dpo          # your pairs
     python recipes/dpo.py ... nll_alpha=0 --out runs/align/dpo_plain     # plain DPO, no NLL term
     python recipes/dpo.py ... loss=ipo beta=0.5 --out runs/align/ipo
+    python recipes/dpo.py ... loss=robust label_smoothing=0.1     # rDPO: 10% of the labels assumed flipped
+    python recipes/dpo.py ... loss=orpo beta=0.1 --out runs/align/orpo   # reference-free: NLL + odds-ratio term
+
+loss= picks the per-pair loss of mmfm.losses.preference_loss (dpo = sigmoid, ipo, hinge, robust; on log-probs
+summed over the response) or orpo (per-token mean log-probs, no reference; its NLL term is nll_alpha's).
 
 --data is JSONL with prompt/chosen/rejected, plain or conversational (or TRL's implicit-prompt shape); without
 it the built-in task's pairs are sampled from the --init model as the reward-model recipe does (PairConfig) and
@@ -31,7 +36,7 @@ from mmfm.align.formats import add_data_args, read_preferences
 from mmfm.align.rollout import evaluate, kl_to_reference, rows_logprobs
 from mmfm.align.run import builtin_only, fit, splits, train_loader
 from mmfm.align.splits import heldout_problems
-from mmfm.align.tasks import DPOTask
+from mmfm.align.tasks import DPO_LOSSES, DPOTask
 from mmfm.config import opt
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 
@@ -40,8 +45,9 @@ log = logging.getLogger("dpo")
 
 @dataclass
 class DPOConfig(PairConfig):  # the pair fields shape the built-in task's pairs only
-    loss: str = "dpo"  # or "ipo"
+    loss: str = opt("dpo", choices=DPO_LOSSES)  # dpo (= sigmoid), ipo, hinge, robust, orpo
     beta: float = opt(0.1, gt=0.0)
+    label_smoothing: float = opt(0.0, lo=0.0, lt=0.5)  # loss=robust only: the assumed label-flip rate
     nll_alpha: float = opt(1.0, lo=0.0)  # RPO: + alpha * per-token NLL of the chosen response (0: plain DPO / IPO)
     val_fraction: float = 0.1  # --data without --val-data: the share held out
     batch_size: int = opt(32, lo=1)
@@ -71,8 +77,8 @@ def main(argv=None):
     args = parse_args(parser, argv)
     cfg = DPOConfig(**split_overrides(args.overrides, train=DPOConfig())["train"])
     builtin_only(args, ("n_prompts", "n_heldout_prompts", "samples", "pairs_per_prompt"))
-    if cfg.loss not in ("dpo", "ipo"):
-        raise mmfm.config.ConfigError(f"loss={cfg.loss!r}: expected 'dpo' or 'ipo'")
+    if "label_smoothing" in args.overrides and cfg.loss != "robust":
+        raise mmfm.config.ConfigError(f"label_smoothing is the flip rate of loss=robust; loss={cfg.loss} ignores it")
     torch.manual_seed(args.seed)
     timer = Timer()
     policy = mmfm.build_model(args.init)
@@ -82,14 +88,16 @@ def main(argv=None):
     if "n_eval" in args.overrides and not task_pairs:
         raise mmfm.config.ConfigError("n_eval evaluates the built-in task; these pairs lack its columns a, op, b")
     pairs, val_pairs = Pairs(tok, train, policy.config.block_size), Pairs(tok, heldout, policy.config.block_size)
-    task = DPOTask(policy, reference_logprobs(reference, pairs, tok.pad_id), cfg.beta, cfg.loss, cfg.lr,
-                   cfg.weight_decay, cfg.warmup, args.max_steps, cfg.nll_alpha)
+    ref_logps = torch.zeros(len(pairs), 2) if cfg.loss == "orpo" else reference_logprobs(reference, pairs, tok.pad_id)
+    task = DPOTask(policy, ref_logps, cfg.beta, cfg.loss, cfg.lr, cfg.weight_decay, cfg.warmup, args.max_steps,
+                   cfg.nll_alpha, cfg.label_smoothing)
     hist = LossHistory(args.out, prefixes=("train/loss", "train/reward_acc"), title=f"align: {cfg.loss.upper()}")
     trainer = make_trainer(args, callbacks=[hist], limit_val_batches=0, log_every_n_steps=5)
     if not fit(trainer, task, args, train_loader(pairs, cfg.batch_size, pair_collate(tok.pad_id), args.seed)):
         return {}
     reference.to(trainer.strategy.root_device)
     metrics = {"loss": cfg.loss, "beta": cfg.beta, "nll_alpha": cfg.nll_alpha, "lr": cfg.lr, "pairs": len(pairs),
+               **({"label_smoothing": cfg.label_smoothing} if cfg.loss == "robust" else {}),
                "steps": trainer.global_step, "data": sizes}
     if len(val_pairs):
         prompts = [encode_turns(tok, e.turns, add_generation_prompt=True)[0] for e in heldout]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from ..losses.preference import (bradley_terry_loss, dpo_loss, ipo_loss, masked_mean, sequence_logprobs,
+from ..losses.preference import (PAIR_LOSSES, bradley_terry_loss, masked_mean, orpo_loss, preference_loss,
                                  token_logprobs)
 from ..train.optim import build_optimizer, build_scheduler
+from ..train.strategies import ShardedTask
 
 
 def adamw_warmup_cosine(module, lr: float, weight_decay: float, warmup: int, max_steps: int) -> dict:
@@ -22,7 +23,7 @@ class OptimMixin:
                                    self.hparams_["max_steps"])
 
 
-class LMTask(OptimMixin, L.LightningModule):
+class LMTask(OptimMixin, ShardedTask, L.LightningModule):
     """-mean log p(token) over tokens where batch["loss_mask"] is set: all tokens when pretraining,
     response tokens for SFT."""
 
@@ -37,7 +38,7 @@ class LMTask(OptimMixin, L.LightningModule):
         return loss
 
 
-class RewardTask(OptimMixin, L.LightningModule):
+class RewardTask(OptimMixin, ShardedTask, L.LightningModule):
     """Bradley-Terry on (chosen, rejected) pairs; logs pairwise accuracy, train and held-out."""
 
     def __init__(self, reward_model, lr=3e-4, weight_decay=0.0, warmup=20, max_steps=500):
@@ -58,26 +59,41 @@ class RewardTask(OptimMixin, L.LightningModule):
         self._step(batch, "val")
 
 
-class DPOTask(OptimMixin, L.LightningModule):
-    """DPO or IPO on pairs; `ref_logps` (N, 2) holds log ref(chosen), log ref(rejected) per pair index.
-    `nll_alpha` > 0 adds alpha * the per-token NLL of the chosen response (RPO, Pang et al. 2024;
-    TRL's `rpo_alpha`), which keeps the likelihood of preferred answers from falling with the rejected ones."""
+DPO_LOSSES = ("dpo", *PAIR_LOSSES, "orpo")  # "dpo" is "sigmoid"
+
+
+class DPOTask(OptimMixin, ShardedTask, L.LightningModule):
+    """A direct preference loss on pairs (mmfm.losses.preference_loss: dpo/sigmoid, ipo, hinge, robust; or the
+    reference-free orpo on per-token mean log-probs); `ref_logps` (N, 2) holds log ref(chosen), log ref(rejected)
+    per pair index (unused by orpo). `nll_alpha` > 0 adds alpha * the per-token NLL of the chosen response (RPO,
+    Pang et al. 2024; TRL's `rpo_alpha`; ORPO's own NLL term at alpha 1), which keeps the likelihood of preferred
+    answers from falling with the rejected ones."""
 
     def __init__(self, policy, ref_logps: torch.Tensor, beta=0.1, loss="dpo", lr=1e-4, weight_decay=0.0,
-                 warmup=10, max_steps=200, nll_alpha=0.0):
+                 warmup=10, max_steps=200, nll_alpha=0.0, label_smoothing=0.0):
         super().__init__()
-        self.policy, self.beta, self.loss_fn = policy, beta, {"dpo": dpo_loss, "ipo": ipo_loss}[loss]
-        self.nll_alpha = nll_alpha
+        if loss not in DPO_LOSSES:
+            raise ValueError(f"loss={loss!r}: expected one of {', '.join(DPO_LOSSES)}")
+        self.policy, self.beta, self.loss_type = policy, beta, {"dpo": "sigmoid"}.get(loss, loss)
+        self.nll_alpha, self.label_smoothing = nll_alpha, label_smoothing
         self.register_buffer("ref_logps", ref_logps, persistent=False)
         self.hparams_ = dict(lr=lr, weight_decay=weight_decay, warmup=warmup, max_steps=max_steps)
 
     def training_step(self, batch, _):
         c, r = batch["chosen"], batch["rejected"]
         tok_c = token_logprobs(self.policy(c["ids"]), c["ids"])  # (B, T-1)
+        n_c, n_r = c["loss_mask"][:, 1:].sum(-1).clamp(min=1), r["loss_mask"][:, 1:].sum(-1).clamp(min=1)
         pi_c = (tok_c * c["loss_mask"][:, 1:]).sum(-1)
-        pi_r = sequence_logprobs(self.policy(r["ids"]), r["ids"], r["loss_mask"])
-        ref = self.ref_logps[batch["index"]]  # (B, 2)
-        loss, acc = self.loss_fn(pi_c, pi_r, ref[:, 0], ref[:, 1], self.beta)
+        pi_r = (token_logprobs(self.policy(r["ids"]), r["ids"]) * r["loss_mask"][:, 1:]).sum(-1)
+        if self.loss_type == "orpo":
+            ref = torch.zeros(len(pi_c), 2, device=pi_c.device)
+            loss = orpo_loss(pi_c / n_c, pi_r / n_r, self.beta).mean()
+            acc = (pi_c / n_c > pi_r / n_r).float().mean()
+        else:
+            ref = self.ref_logps[batch["index"]]  # (B, 2)
+            loss = preference_loss(self.loss_type, pi_c, pi_r, ref[:, 0], ref[:, 1], self.beta,
+                                   self.label_smoothing).mean()
+            acc = ((pi_c - ref[:, 0]) > (pi_r - ref[:, 1])).float().mean()
         if self.nll_alpha:
             nll = -masked_mean(tok_c, c["loss_mask"][:, 1:])
             self.log("train/nll_chosen", nll)
