@@ -9,19 +9,45 @@ from mmfm.losses.contrastive import ClipLoss, contrastive_accuracy
 from mmfm.train.optim import param_groups, warmup_cosine
 
 
+def reference_clip_loss(image, text, scale, rank=0, all_image=None, all_text=None):
+    """The symmetric InfoNCE loss written out (mmfm's own implementation before it became open_clip's): this rank's
+    rows against every rank's columns (all_* = the gathered features; the local ones on one process)."""
+    all_image = image if all_image is None else all_image
+    all_text = text if all_text is None else all_text
+    labels = torch.arange(len(image)) + rank * len(image)
+    return (F.cross_entropy(scale * image @ all_text.T, labels) + F.cross_entropy(scale * text @ all_image.T, labels)) / 2
+
+
 @pytest.mark.parametrize("batch,dim,scale", [(8, 16, 1 / 0.07), (33, 32, 100.0), (2, 4, 1.0)])
-def test_loss_equals_open_clip(batch, dim, scale):
+def test_loss_equals_the_formula_and_open_clip(batch, dim, scale):
     from open_clip.loss import ClipLoss as OpenClipLoss
 
     img = F.normalize(torch.randn(batch, dim, dtype=torch.float64, requires_grad=True), dim=-1)
     txt = F.normalize(torch.randn(batch, dim, dtype=torch.float64, requires_grad=True), dim=-1)
     s = torch.tensor(scale, dtype=torch.float64)
-    ours, ref = ClipLoss()(img, txt, s), OpenClipLoss(local_loss=True, gather_with_grad=True)(img, txt, s)
+    ours, ref = ClipLoss()(img, txt, s), reference_clip_loss(img, txt, s)
     assert torch.allclose(ours, ref, atol=1e-12)
+    assert torch.equal(ours, OpenClipLoss(local_loss=True, gather_with_grad=True)(img, txt, s))
     g1 = torch.autograd.grad(ours, (img, txt), retain_graph=True)
     g2 = torch.autograd.grad(ref, (img, txt))
     for a, b in zip(g1, g2):
         assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_loss_is_open_clips_and_reads_the_world_at_call_time(monkeypatch):
+    """The task builds its loss before the process group exists: the rank is read on each call."""
+    import mmfm.losses.contrastive as contrastive
+
+    img, txt = F.normalize(torch.randn(4, 8), dim=-1), F.normalize(torch.randn(4, 8), dim=-1)
+    loss = ClipLoss()
+    loss(img, txt, torch.tensor(10.0))
+    monkeypatch.setattr(contrastive, "world", lambda: (1, 2))
+    monkeypatch.setattr("open_clip.loss.gather_features", lambda i, t, **kw: (torch.cat([t, i]), torch.cat([i, t])))
+    swapped = loss(img, txt, torch.tensor(10.0))  # rank 1 of 2, rank 0 holding the pairs (txt, img)
+    ref = reference_clip_loss(img, txt, 10.0, rank=1, all_image=torch.cat([txt, img]),
+                              all_text=torch.cat([img, txt]))
+    assert torch.allclose(swapped, ref, atol=1e-6)
+    assert sorted(loss._impl) == [(0, 1), (1, 2)] and not list(loss.children())
 
 
 def test_perfect_pairs_give_low_loss_and_full_accuracy():

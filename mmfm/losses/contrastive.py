@@ -1,38 +1,24 @@
-"""CLIP's symmetric InfoNCE loss, equal to open_clip's ClipLoss (local_loss=True, gather_with_grad=True).
+"""CLIP's symmetric InfoNCE loss: open_clip's ClipLoss (local_loss=True, gather_with_grad=True) behind mmfm's name.
 
 Under DDP every rank gathers the other ranks' features WITH their gradient (torch.distributed.nn.all_gather),
 scores its own B rows against all W*B columns, and averages cross-entropy over its rows; DDP's gradient mean
-over ranks then equals the gradient of the full-batch loss on one process (tests/test_clip_ddp.py).
+over ranks then equals the gradient of the full-batch loss on one process (tests/test_clip_ddp.py). The
+wrapper only reads the rank and world size when it is called, since tasks build their loss before the process
+group exists.
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
+from open_clip.loss import ClipLoss as _OpenClipLoss
 
 
 def world() -> tuple[int, int]:
+    """(rank, world size) of the default process group; (0, 1) without one."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """(B, E) on each rank -> (W*B, E) in rank order; gradients flow back to every rank's features."""
-    rank, size = world()
-    if size == 1:
-        return x
-    import torch.distributed.nn
-
-    # the autograd all_gather open_clip uses (torch >= 2.10 flags it deprecated in favour of a private API)
-    return torch.cat(torch.distributed.nn.all_gather(x), dim=0)  # (W*B, E)
-
-
-def clip_logits(image_features, text_features, logit_scale):
-    """Local rows against gathered columns: (B, W*B) image->text and text->image logits."""
-    all_image, all_text = gather_with_grad(image_features), gather_with_grad(text_features)
-    return logit_scale * image_features @ all_text.T, logit_scale * text_features @ all_image.T
 
 
 class ClipLoss(nn.Module):
@@ -40,12 +26,16 @@ class ClipLoss(nn.Module):
 
     Features are expected L2-normalised; pair i of this rank is column rank*B + i of the gathered batch."""
 
+    def __init__(self):
+        super().__init__()
+        self._impl: dict[tuple[int, int], _OpenClipLoss] = {}  # (rank, world) -> open_clip's loss (not a submodule)
+
     def forward(self, image_features, text_features, logit_scale):
-        rank, _ = world()
-        logits_i, logits_t = clip_logits(image_features, text_features, logit_scale)
-        n = image_features.shape[0]
-        labels = torch.arange(n, device=image_features.device) + rank * n
-        return (F.cross_entropy(logits_i, labels) + F.cross_entropy(logits_t, labels)) / 2
+        key = world()
+        if key not in self._impl:
+            self._impl[key] = _OpenClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True,
+                                            rank=key[0], world_size=key[1])
+        return self._impl[key](image_features, text_features, logit_scale)
 
 
 def contrastive_accuracy(image_features, text_features) -> torch.Tensor:

@@ -5,10 +5,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from timm.layers import trunc_normal_
+from timm.layers import resample_abs_pos_embed, trunc_normal_
 
 from ..config import ModelConfig, check, opt
-from ..nn import PatchEmbed, StackConfig, Transformer, build_norm, resample_pos_2d
+from ..nn import PatchEmbed, StackConfig, Transformer, build_norm
 from ..registry import register_family, register_preset
 from .base import Model, init_linear_xavier, stack_params
 
@@ -110,10 +110,10 @@ class ViT(Model):
             nn.init.zeros_(self.head.weight)
 
     def _pos(self, h: int, w: int) -> torch.Tensor:
-        n_prefix = 1 if self.cls_token is not None else 0
-        prefix, grid = self.pos_embed[:, :n_prefix], self.pos_embed[0, n_prefix:]
-        g = self.config.grid
-        return torch.cat([prefix, resample_pos_2d(grid, (g, g), (h, w))[None]], dim=1)  # (1, N, D)
+        """The table for an h x w patch grid (1, n_prefix + h * w, D): timm's bicubic resample of the stored grid,
+        class-token row kept. antialias=False is mmfm's plain bicubic (timm's default antialias=True differs)."""
+        g, n_prefix = self.config.grid, 1 if self.cls_token is not None else 0
+        return resample_abs_pos_embed(self.pos_embed, [h, w], [g, g], num_prefix_tokens=n_prefix, antialias=False)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> tokens (B, n_prefix + N, dim) after the final norm."""

@@ -5,12 +5,12 @@ from .embed import LabelEmbedder, PatchEmbed, TimestepEmbedder, patchify, unpatc
 from .mlp import Mlp, SwiGLU, build_mlp
 from .modulation import AdaLN, modulate
 from .norm import RMSNorm, build_norm
-from .pos import LearnedPosEmbed, RotaryEmbedding, apply_rotary, resample_pos_2d, sincos_2d
+from .pos import LearnedPosEmbed, RotaryEmbedding, apply_rotary, sincos_2d
 from .transformer import Block, StackConfig, Transformer
 
 __all__ = [
     "Attention", "KVCache", "build_attn_mask", "LabelEmbedder", "PatchEmbed", "TimestepEmbedder",
     "patchify", "unpatchify", "Mlp", "SwiGLU", "build_mlp", "AdaLN", "modulate", "RMSNorm", "build_norm",
-    "LearnedPosEmbed", "RotaryEmbedding", "apply_rotary", "resample_pos_2d", "sincos_2d",
+    "LearnedPosEmbed", "RotaryEmbedding", "apply_rotary", "sincos_2d",
     "Block", "StackConfig", "Transformer", "StackDecoder",
 ]

@@ -1,19 +1,15 @@
-"""LayerNorm and RMSNorm behind one builder."""
+"""LayerNorm and RMSNorm (both torch's own) behind one builder."""
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6, affine: bool = True):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+class RMSNorm(nn.RMSNorm):
+    """torch.nn.RMSNorm with mmfm's argument names: x / sqrt(mean(x^2) + eps) * weight, one `weight` (dim,) when
+    affine, so folders saved with mmfm's earlier hand-written RMSNorm load unchanged."""
 
-    def forward(self, x):
-        y = x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps).to(x.dtype)
-        return y * self.weight if self.weight is not None else y
+    def __init__(self, dim: int, eps: float = 1e-6, affine: bool = True):
+        super().__init__(dim, eps=eps, elementwise_affine=affine)
 
 
 def build_norm(kind: str, dim: int, eps: float = 1e-5, affine: bool = True, bias: bool = True) -> nn.Module:

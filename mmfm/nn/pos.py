@@ -1,4 +1,5 @@
-"""Positions: learned absolute, fixed 2-D sin-cos, and rotary (RoPE)."""
+"""Positions: learned absolute, fixed 2-D sin-cos, and rotary (RoPE). Resampling a learned 2-D table to another
+grid is timm's `resample_abs_pos_embed` (see mmfm.models.vit.ViT._pos)."""
 from __future__ import annotations
 
 import math
@@ -37,16 +38,6 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int | None = None) -> torch.Tensor:
     return torch.from_numpy(emb).float()
 
 
-def resample_pos_2d(pos: torch.Tensor, old_hw: tuple[int, int], new_hw: tuple[int, int]) -> torch.Tensor:
-    """Bicubic resize of a (N, D) 2-D position table from old_hw to new_hw grids."""
-    if tuple(old_hw) == tuple(new_hw):
-        return pos
-    d = pos.shape[-1]
-    grid = pos.reshape(1, old_hw[0], old_hw[1], d).permute(0, 3, 1, 2)  # (1, D, H, W)
-    grid = F.interpolate(grid.float(), size=new_hw, mode="bicubic", align_corners=False)
-    return grid.permute(0, 2, 3, 1).reshape(new_hw[0] * new_hw[1], d).to(pos.dtype)  # (N', D)
-
-
 class RotaryEmbedding(nn.Module):
     """RoPE tables: forward(positions (B, T) or (T,)) -> (cos, sin) shaped to broadcast over heads."""
 
@@ -70,10 +61,11 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
-def timestep_frequencies(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal features of (possibly fractional) timesteps: (N,) -> (N, dim)."""
+def timestep_frequencies(t: torch.Tensor, dim: int, max_period: float = 10000.0, freq_shift: int = 0) -> torch.Tensor:
+    """Sinusoidal features of (possibly fractional) timesteps: (N,) -> (N, dim), [cos | sin] at frequencies
+    max_period^(-i / (half - freq_shift)); 0 is the DiT paper's, 1 diffusers' DiT (its downscale_freq_shift)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - freq_shift))
     args = t[:, None].float() * freqs[None]  # (N, half)
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
