@@ -4,6 +4,7 @@ decode path against the module forward, and training throughput of the real-size
     python -m mmfm.gpu_check --out runs/gpu_check                 # on a CUDA machine (about 5-8 minutes on one H200)
     python -m mmfm.gpu_check --out runs/gpu_check_cpu --tiny      # the same code on the CPU with *-test sizes (CI)
 
+The recipes include `gpt_pretrain --strategy fsdp --devices 1` (entry `gpt_pretrain_fsdp`: FSDP2 on one device).
 The report (`<out>/report.json`) holds the device, torch and precision, one entry per recipe (exit code, wall
 seconds, its metrics.json, the last lines of its log on failure), the decode check (greedy tokens with and
 without the KV-cache fast path, and the largest logit difference), and per model: tokens or samples per
@@ -36,9 +37,11 @@ RECIPES = {
     "vit_classify": [],
     "dit_train": ["max_minutes=3", "sample_every=0", "classifier={out}/vit_classify/model"],
     "finetune": ["--init", "{out}/vit_classify/model", "--data", "digits", "--method", "lora"],
+    "gpt_pretrain_fsdp": ["time_budget_s=0", "--strategy", "fsdp", "--devices", "1"],  # FSDP2 on one device
 }
+SCRIPTS = {"gpt_pretrain_fsdp": "gpt_pretrain"}  # entry -> recipe file, where they differ
 TINY_PRESETS = {"gpt_pretrain": "gpt-test", "clip_pretrain": "clip-test", "vit_classify": "vit-test",
-                "dit_train": "dit-test"}
+                "dit_train": "dit-test", "gpt_pretrain_fsdp": "gpt-test"}
 TINY_EXTRA = {"dit_train": ["limit=64"], "vit_classify": ["limit=64"]}
 BENCH = {"gpt": ("gpt2-124m", "gpt-test", 8, 1024), "clip": ("clip-vit-b-32", "clip-test", 128, None),
          "dit": ("dit-s-2", "dit-test", 64, None)}
@@ -63,7 +66,7 @@ def peak_flops(device: torch.device) -> float | None:
 def run_recipe(name: str, out: Path, steps: int, tiny: bool, timeout_s: int) -> dict:
     """One recipe as a subprocess (as a user runs it); never raises."""
     args = [a.format(out=out) for a in RECIPES[name]]
-    cmd = [sys.executable, str(ROOT / "recipes" / f"{name}.py"), "--out", str(out / name), "--max-steps", str(steps), *args]
+    cmd = [sys.executable, str(ROOT / "recipes" / f"{SCRIPTS.get(name, name)}.py"), "--out", str(out / name), "--max-steps", str(steps), *args]
     if tiny and name in TINY_PRESETS:
         cmd += ["--preset", TINY_PRESETS[name]]
     cmd += TINY_EXTRA.get(name, []) if tiny else []
@@ -179,7 +182,7 @@ def main(argv=None) -> dict:
     device = torch.device("cuda" if a.device != "cpu" and torch.cuda.is_available() else "cpu")
     out, skip = Path(a.out).resolve(), set(filter(None, a.skip.split(",")))
     out.mkdir(parents=True, exist_ok=True)
-    report = {"info": device_info(device), "fsdp_one_device": "not implemented yet (issue 13)"}
+    report = {"info": device_info(device)}  # FSDP on one device: the recipe entry gpt_pretrain_fsdp
     start = time.perf_counter()
     if "decode" not in skip:
         report["decode"] = _guarded(decode_check, device, a.tiny)

@@ -69,6 +69,7 @@ def main(argv=None):
     trainer = make_trainer(args, callbacks=[hist], limit_val_batches=0)
     if not fit(trainer, task, args, loader):
         return {}
+    model = task.model  # under FSDP the gathered copy (mmfm.align.run.fit)
     heldout = heldout_problems("eval", train.n_eval)
     metrics = {"heldout": evaluate(model, tok, heldout), "heldout_qa_format": evaluate(model, tok, heldout, style="qa"),
                "train/loss": float(trainer.callback_metrics["train/loss"]), "steps": trainer.global_step}

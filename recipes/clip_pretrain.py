@@ -29,6 +29,7 @@ from mmfm.tokenizers import ByteBPETokenizer, CharTokenizer, ClipTokenizer
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging
 from mmfm.train import split_overrides
 from mmfm.train.clip import ClipTask, ClipTrain
+from mmfm.train.strategies import gathered
 
 log = logging.getLogger("clip_pretrain")
 DEFAULT_DATA = Path("data/clip")
@@ -119,6 +120,7 @@ def main(argv=None) -> dict:
     fit_timer = Timer()
     trainer.fit(task, loader, ckpt_path=_ckpt(args))
     fit_s = fit_timer.elapsed
+    model = gathered(model)  # FSDP: the full weights on rank 0 (a collective, so every rank calls it)
     if not trainer.is_global_zero:
         return {}
     eval_timer = Timer()

@@ -40,6 +40,7 @@ from mmfm.train import LossHistory, Timer, checkpoint_to_resume, finish, make_tr
 from mmfm.train.classify import LabelledImages, load_labelled
 from mmfm.train.diffusion import DiffusionTask, SampleGrid, label_condition
 from mmfm.train.ema import EMA
+from mmfm.train.strategies import GatheredEMA
 
 log = logging.getLogger("dit_train")
 
@@ -170,7 +171,7 @@ def main(argv=None):
     grid_cond = prompts.condition(rows) if prompts else {"y": rows}
     log.info("%s: %d params, %d train images, classes %s", args.preset, model.num_params(), len(data.labels), data.class_names)
 
-    ema = EMA(train.ema_decay)
+    ema = (GatheredEMA if args.strategy == "fsdp" else EMA)(train.ema_decay)  # FSDP: a full EMA copy per rank
     grid = SampleGrid(args.out, grid_cond, data.class_names, every=train.sample_every, sampler=train.sampler,
                       steps=train.sample_steps, guidance_scale=train.guidance_scale, ema=ema)
     hist = LossHistory(args.out, prefixes=("train/loss",), title="DiT denoising loss")

@@ -95,6 +95,7 @@ def main(argv=None):
     trainer = make_trainer(args, callbacks=[hist], limit_val_batches=0, log_every_n_steps=5)
     if not fit(trainer, task, args, train_loader(pairs, cfg.batch_size, pair_collate(tok.pad_id), args.seed)):
         return {}
+    policy = task.policy  # under FSDP the gathered copy (mmfm.align.run.fit)
     reference.to(trainer.strategy.root_device)
     metrics = {"loss": cfg.loss, "beta": cfg.beta, "nll_alpha": cfg.nll_alpha, "lr": cfg.lr, "pairs": len(pairs),
                **({"label_smoothing": cfg.label_smoothing} if cfg.loss == "robust" else {}),

@@ -32,6 +32,7 @@ from mmfm.eval.classification import classification_metrics, confusion, plot_con
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 from mmfm.train.classify import predict
 from mmfm.train.recipe import checkpoint_to_resume, resolve_accelerator
+from mmfm.train.strategies import gathered
 
 log = logging.getLogger("finetune")
 METHOD_LR = {"linear": 1e-2, "lora": 2e-3, "full": 1e-3}
@@ -171,8 +172,13 @@ def main(argv=None):
     lr = train.lr if train.lr is not None else METHOD_LR[args.method]
     module = AdaptTask(net, kind, lr, train.weight_decay, train.warmup_steps, args.max_steps)
     trainer, stopped, best_val_loss = fit(args, train, module, inputs, f"{args.method} on {task.name}")
+    net = gathered(net)  # FSDP: the full weights on rank 0 (a collective, so every rank calls it)
     if not trainer.is_global_zero:
         return {}
+    if args.method == "linear":
+        model.head = net  # the trained head (under FSDP its gathered copy)
+    else:
+        model = net
     net.to(trainer.strategy.root_device)  # Lightning moved it back to the CPU after fit
     metrics = {**evaluate(net, kind, inputs, task.label_names, Path(args.out)), "val/best_loss": best_val_loss,
                "steps": trainer.global_step, "stopped_early": stopped, "method": args.method, "init": str(args.preset),

@@ -77,6 +77,7 @@ def main(argv=None):
                            ckpt_every=(args.ckpt_every or 20) * cfg.updates_per_step())
     if not fit(trainer, task, args, train_loader(train, cfg.prompts_per_step, list, args.seed)):
         return {}
+    policy = task.policy  # under FSDP the gathered copy (mmfm.align.run.fit)
     out = Path(args.out)
     (out / "history.json").write_text(json.dumps(task.history))
     plot_ppo(task.history, out / "ppo.png")

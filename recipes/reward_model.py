@@ -88,8 +88,10 @@ def main(argv=None):
     hist = LossHistory(args.out, prefixes=("train/loss", "val/loss", "train/acc", "val/acc"), title="align: reward model")
     trainer = make_trainer(args, callbacks=[hist], val_every=min(cfg.val_every, len(loader)) if val else None,
                            log_every_n_steps=10, num_sanity_val_steps=0, limit_val_batches=None if val else 0)
-    if not fit(trainer, RewardTask(rm, cfg.lr, cfg.weight_decay, cfg.warmup, args.max_steps), args, loader, val):
+    task = RewardTask(rm, cfg.lr, cfg.weight_decay, cfg.warmup, args.max_steps)
+    if not fit(trainer, task, args, loader, val):
         return {}
+    rm = task.rm  # under FSDP the gathered copy (mmfm.align.run.fit)
     metrics = {"train": pairwise_accuracy(rm, tok, train, train_pairs), "steps": trainer.global_step, "data": sizes}
     if len(val_pairs):
         metrics["heldout"] = pairwise_accuracy(rm, tok, heldout, val_pairs)

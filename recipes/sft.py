@@ -61,6 +61,7 @@ def main(argv=None):
     trainer = make_trainer(args, callbacks=[hist], limit_val_batches=0, log_every_n_steps=5)
     if not fit(trainer, task, args, train_loader(train, cfg.batch_size, chat_collate(tok.pad_id), args.seed)):
         return {}
+    model = task.model  # under FSDP the gathered copy (mmfm.align.run.fit)
     metrics = {"train/loss": float(trainer.callback_metrics["train/loss"]), "steps": trainer.global_step, "data": sizes}
     if len(val):
         metrics["val/loss"] = chat_nll(model, val.rows, tok.pad_id)  # per assistant token

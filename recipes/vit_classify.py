@@ -25,6 +25,7 @@ from mmfm.config import ConfigError, opt
 from mmfm.registry import read_config
 from mmfm.train import LossHistory, Timer, checkpoint_to_resume, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 from mmfm.train.classify import ClassifyTask, LabelledImages, accuracy_per_dataset, load_labelled
+from mmfm.train.strategies import gathered
 
 log = logging.getLogger("vit_classify")
 
@@ -106,6 +107,7 @@ def main(argv=None):
     timer = Timer()
     trainer = make_trainer(args, callbacks=[hist], limit_val_batches=0)
     trainer.fit(task, loader, ckpt_path=checkpoint_to_resume(args.resume))
+    model = gathered(model)  # FSDP: the full weights on rank 0 (a collective, so every rank calls it)
     if not trainer.is_global_zero:
         return {}
     model.to(trainer.strategy.root_device)  # Lightning moved it back to the CPU after fit

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from ..config import opt
 from ..losses.preference import gae, masked_mean, ppo_policy_loss, ppo_value_loss, token_logprobs
 from ..train.optim import build_optimizer
+from ..train.strategies import ShardedTask, full_weights
 from .chat import decode_response, pad_right, stop_ids
 from .formats import Example, encode_example
 from .heads import PolicyWithValue
@@ -68,7 +69,11 @@ def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
-class PPOTask(L.LightningModule):
+class PPOTask(ShardedTask, L.LightningModule):
+    """Under --strategy fsdp the policy (with its value head) is sharded, the frozen reference and reward models
+    are replicated, and rollouts sample with the policy's full weights held (ranks stop sampling at different
+    lengths)."""
+
     def __init__(self, policy: PolicyWithValue, reference: nn.Module, rewards: list[RewardTerm], tok, cfg: PPOConfig):
         super().__init__()
         self.automatic_optimization = False
@@ -109,7 +114,8 @@ class PPOTask(L.LightningModule):
         cfg, tok, device = self.cfg, self.tok, self.score_norm.device
         prompts = [b["ids"] for b in batch]
         self.policy.eval(), self.ref.eval()
-        responses = sample(self.policy.gpt, prompts, cfg.max_new, stop_ids(tok), tok.pad_id, cfg.temperature)
+        with full_weights(self.policy):
+            responses = sample(self.policy.gpt, prompts, cfg.max_new, stop_ids(tok), tok.pad_id, cfg.temperature)
         ids, mask = (t.to(device) for t in pad_right([p + r for p, r in zip(prompts, responses)], tok.pad_id))  # (B, T)
         resp, _ = pad_right([[0] * len(p) + [1] * len(r) for p, r in zip(prompts, responses)], 0)
         act = resp[:, 1:].bool().to(device)  # (B, T-1) actions = response tokens

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from ..config import ConfigError
 from ..train import checkpoint_to_resume
+from ..train.strategies import unshard_children
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,10 @@ def train_loader(dataset, batch_size: int, collate, seed: int) -> DataLoader:
 
 def fit(trainer, task, args, train, val=None) -> bool:
     """trainer.fit, continuing from --resume's newest intact checkpoint; -> True on rank 0 only, with the task
-    moved back to the device it trained on (Lightning leaves it on the CPU) for evaluation."""
+    moved back to the device it trained on (Lightning leaves it on the CPU) for evaluation. Under FSDP the task's
+    sharded models are replaced by full copies: read them from the task (`task.model`), not from earlier names."""
     trainer.fit(task, train, val, ckpt_path=checkpoint_to_resume(args.resume))
+    unshard_children(task)  # FSDP: rank 0's task holds full copies of its models (a collective: every rank)
     if not trainer.is_global_zero:
         return False
     task.to(trainer.strategy.root_device)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..data.sources import ANIMAL_NAMES, DIGIT_NAMES, load_animals, load_mnist5k, split_indices
 from .optim import build_optimizer, build_scheduler
+from .strategies import ShardedTask
 
 DATASETS = {"digits": (load_mnist5k, DIGIT_NAMES), "animals": (load_animals, ANIMAL_NAMES)}
 
@@ -96,7 +97,7 @@ def accuracy_per_dataset(model, data: LabelledImages) -> dict[str, float]:
     return out
 
 
-class ClassifyTask(L.LightningModule):
+class ClassifyTask(ShardedTask, L.LightningModule):
     """Cross-entropy on `model(images)`; AdamW with linear warmup and cosine decay; optional augmentation.
     Batches are (images, labels) or (images, labels, ...)."""
 

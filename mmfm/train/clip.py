@@ -11,6 +11,7 @@ from ..config import opt
 from ..losses.contrastive import ClipLoss, contrastive_accuracy
 from .budget import BudgetClock
 from .optim import build_optimizer, build_scheduler
+from .strategies import ShardedTask
 
 
 @dataclass
@@ -47,7 +48,7 @@ def check_bad_fraction(bad: int, good: int, limit: float, min_seen: int = 100) -
                                 f"max_bad_fraction={limit}; check the shards (or raise the limit)")
 
 
-class ClipTask(L.LightningModule):
+class ClipTask(ShardedTask, L.LightningModule):
     def __init__(self, model, train: ClipTrain, max_steps: int):
         super().__init__()
         self.model, self.train_cfg, self.max_steps = model, train, max_steps

@@ -10,6 +10,7 @@ import torch
 
 from ..diffusion import diffusion_loss, make_sampler, sample
 from .optim import build_optimizer, build_scheduler
+from .strategies import ShardedTask
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ def label_condition(batch) -> dict:
     return {"y": batch[1]}
 
 
-class DiffusionTask(L.LightningModule):
+class DiffusionTask(ShardedTask, L.LightningModule):
     """diffusion_loss(model, scheduler, images, condition(batch)) with condition dropout p_uncond;
     AdamW (no weight decay on vectors), linear warmup + cosine decay.
 

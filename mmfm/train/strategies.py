@@ -7,33 +7,69 @@ original shape, so the decay/no-decay groups of `mmfm.train.optim.param_groups` 
 are the same as without sharding. Checkpoints are gathered into one full file on rank 0 (the same file a DDP
 run writes, so a run can be resumed with either strategy).
 
+What a task's models become (`ShardedTask.configure_model`):
+- a child module with trainable parameters (the model, a policy with its value head, a LoRA/peft model whose
+  base is frozen) is sharded; its 0-dim parameters (CLIP's logit scale, which fully_shard cannot shard) stay
+  replicated, their gradients averaged over the ranks by a hook;
+- a child whose parameters are all frozen (PPO's reference and reward models) is replicated: each rank holds
+  it whole and runs it alone, with no collective;
+- an EMA copy (`GatheredEMA`) is a full replica on every rank, updated from the gathered parameters.
+
 A task opts in by inheriting `ShardedTask` (it adds Lightning's `configure_model` hook):
 
     class LMTask(ShardedTask, L.LightningModule): ...
     trainer = L.Trainer(strategy=build_strategy("fsdp", devices=2), accelerator="cpu", devices=2, ...)
+    trainer.fit(task, ...)
+    model = gathered(task.model)  # every rank calls it; the full weights on rank 0
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
+import weakref
 
+import lightning as L
+import torch
 import torch.nn as nn
 
 log = logging.getLogger(__name__)
 
+# sharded module -> a copy of it before sharding, its parameters and persistent buffers on the meta device
+_BLUEPRINTS: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
+
 
 def shard_model(module: nn.Module, mesh) -> nn.Module:
     """fully_shard every Transformer block of `module`, then the root (embeddings, heads, anything else).
-    Tied weights (a GPT's embedding and output head) stay together in the root unit."""
+    Tied weights (a GPT's embedding and output head) stay together in the root unit. 0-dim parameters are left
+    out of FSDP (it cannot shard them) and kept in step by averaging their gradients over the mesh."""
     from torch.distributed.fsdp import fully_shard
 
     from ..nn.transformer import Block
 
+    _BLUEPRINTS[module] = blueprint(module)
+    scalars = {p for p in module.parameters() if p.dim() == 0}
     blocks = [m for m in module.modules() if isinstance(m, Block)]
     for block in blocks:
-        fully_shard(block, mesh=mesh)
-    fully_shard(module, mesh=mesh)
+        fully_shard(block, mesh=mesh, ignored_params=scalars)
+    fully_shard(module, mesh=mesh, ignored_params=scalars)
+    for p in scalars:
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(_average_grad(mesh))
     log.info("FSDP2: %d blocks + the root sharded over %d processes", len(blocks), mesh.size())
     return module
+
+
+def _average_grad(mesh):
+    import torch.distributed as dist
+
+    group, world = mesh.get_group(), mesh.size()
+
+    def hook(p: torch.Tensor) -> None:
+        dist.all_reduce(p.grad, group=group)
+        p.grad.div_(world)
+
+    return hook
 
 
 def is_sharded(module: nn.Module) -> bool:
@@ -43,17 +79,25 @@ def is_sharded(module: nn.Module) -> bool:
 
 
 class ShardedTask:
-    """Mixin for a LightningModule: under ModelParallelStrategy, shard each model the task holds (its direct
-    children with parameters: the model, a frozen reference, a value head) over the data-parallel mesh, each
-    as its own FSDP root, since a task calls its models' forward, not its own; a no-op under other strategies."""
+    """Mixin for a LightningModule: under ModelParallelStrategy, shard each child module with trainable
+    parameters (each as its own FSDP root, since a task calls its models' forward, not its own) over the
+    data-parallel mesh, and replicate frozen children; a no-op under other strategies."""
 
     def configure_model(self) -> None:
         mesh = getattr(self, "_device_mesh", None)
         if mesh is None or is_sharded(self):
             return
-        for child in self.children():
-            if any(True for _ in child.parameters()):
+        own = [n for n, p in self.named_parameters(recurse=False) if p.requires_grad]
+        if own:
+            from ..config import ConfigError
+
+            raise ConfigError(f"--strategy fsdp: {type(self).__name__} holds trainable parameters of its own "
+                              f"({', '.join(own)}); FSDP2 shards child modules, so put them in one")
+        for name, child in self.named_children():
+            if any(p.requires_grad for p in child.parameters()):
                 shard_model(child, mesh["data_parallel"])
+            elif any(True for _ in child.parameters()):
+                log.info("FSDP2: %s is frozen: replicated on every process", name)
 
 
 def build_strategy(name: str, devices: int = 1, num_nodes: int = 1):
@@ -69,30 +113,152 @@ def build_strategy(name: str, devices: int = 1, num_nodes: int = 1):
             if not isinstance(task, ShardedTask):
                 from ..config import ConfigError
 
-                raise ConfigError(f"--strategy fsdp is not supported by {type(task).__name__} yet (FSDP2 runs the "
-                                  "tasks that inherit mmfm.train.strategies.ShardedTask: GPT pretraining); "
-                                  "use --strategy ddp")
+                raise ConfigError(f"--strategy fsdp is not supported by {type(task).__name__} (FSDP2 runs the "
+                                  "tasks that inherit mmfm.train.strategies.ShardedTask); use --strategy ddp")
             super().setup(trainer)
 
     return FSDP2Strategy(data_parallel_size=devices * num_nodes, tensor_parallel_size=1,
                          save_distributed_checkpoint=False)
 
 
-def gathered(model: nn.Module) -> nn.Module | None:
-    """Call on EVERY rank after fit (it is a collective when sharded): the model itself when it is not sharded;
-    for an FSDP2-sharded mmfm model, an unsharded copy with the full weights on rank 0 (None on other ranks),
-    ready for the rank-0 evaluation and save that every recipe does after fit."""
+def blueprint(module: nn.Module) -> nn.Module:
+    """A copy of `module` without its weights: parameters and persistent buffers on the meta device, shared
+    ones still shared; non-persistent buffers (rotary tables, masks) and other attributes (the tokenizer)
+    copied. Taken before sharding, since an FSDP2 module cannot be deep-copied."""
+    memo: dict = {}
+    for m in module.modules():
+        for p in m.parameters(recurse=False):
+            memo.setdefault(id(p), nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad))
+        for name, b in m.named_buffers(recurse=False):
+            if name not in m._non_persistent_buffers_set:
+                memo.setdefault(id(b), torch.empty_like(b, device="meta"))
+    return copy.deepcopy(module, memo)
+
+
+def _materialize(module: nn.Module, device) -> nn.Module:
+    """Uninitialised tensors on `device` in place of the meta ones, in place; shared parameters stay shared."""
+    new, keep = {}, []
+    for m in module.modules():
+        for slots in (m._parameters, m._buffers):
+            for name, t in list(slots.items()):
+                if t is None or not t.is_meta:
+                    continue
+                if id(t) not in new:
+                    keep.append(t)
+                    real = torch.empty_like(t, device=device)
+                    is_param = isinstance(t, nn.Parameter)
+                    new[id(t)] = nn.Parameter(real, requires_grad=t.requires_grad) if is_param else real
+                slots[name] = new[id(t)]
+    return module
+
+
+def gathered(model: nn.Module, everywhere: bool = False) -> nn.Module | None:
+    """Call on EVERY rank (it is a collective when sharded): the model itself when it is not sharded; for an
+    FSDP2-sharded model, an unsharded copy with the full weights, on rank 0 only (None on other ranks; on
+    every rank with `everywhere`), on the CPU (on the model's device with `everywhere`): ready for the rank-0
+    evaluation and save that every recipe does after fit."""
     if not is_sharded(model):
         return model
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from ..registry import model_class
-
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if dist.get_rank() != 0:
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not everywhere))
+    if not everywhere and dist.get_rank() != 0:
         return None
-    plain = model_class(model.config.family)(model.config)
+    device = next(iter(state.values())).device if state else torch.device("cpu")
+    plain = _materialize(copy.deepcopy(_blueprint_of(model)), device)
     plain.load_state_dict(state)
+    return plain.to(device)  # the blueprint's non-persistent buffers too
+
+
+def _blueprint_of(model: nn.Module) -> nn.Module:
+    if model in _BLUEPRINTS:
+        return _BLUEPRINTS[model]
+    from ..registry import model_class  # sharded by hand (fully_shard without shard_model): an mmfm model
+
+    plain = model_class(model.config.family)(model.config)
     plain.tokenizer = getattr(model, "tokenizer", None)
     return plain
+
+
+def unshard_children(task: nn.Module) -> nn.Module:
+    """Call on EVERY rank after fit: on rank 0, each sharded child of `task` is replaced by its unsharded copy
+    with the full weights (`gathered`), so that rank 0 evaluates and saves the task's models; a no-op for a
+    task that was not sharded."""
+    for name, child in list(task.named_children()):
+        if is_sharded(child):
+            plain = gathered(child)
+            if plain is not None:
+                setattr(task, name, plain)
+    return task
+
+
+@contextlib.contextmanager
+def full_weights(module: nn.Module):
+    """Hold a sharded module's full weights for a block of forwards that ranks may run a different number of
+    times (autoregressive sampling stops when a rank's batch is done): every shard unit is all-gathered once on
+    entry (a collective) and resharded on exit; forwards inside run no collective. A no-op when not sharded."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in module.modules() if isinstance(m, FSDPModule)]
+    if isinstance(module, FSDPModule):  # `module` becomes the FSDP root now, not the first unit to run forward
+        module._get_fsdp_state()._lazy_init()
+    for m in units:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield module
+    finally:
+        for m in units:
+            m.reshard()
+            m.set_reshard_after_forward(m is not module, recurse=False)  # FSDP2: the root unit stays gathered
+
+
+class GatheredEMA(L.Callback):
+    """Exponential moving average of a task's (sharded) `model` for `--strategy fsdp`: a full, unsharded copy
+    on every rank (`ema.model`, usable by rank 0 alone: sample grids, the final evaluation), updated after every
+    optimizer step from the all-gathered parameters with decay_t = min(decay, (1 + n) / (10 + n)) when `warmup`.
+    Same checkpoint state as mmfm.train.ema.EMA (updates, decay, the full EMA weights). An FSDP2 module cannot
+    be deep-copied, which is how EMA callbacks start their copy."""
+
+    def __init__(self, decay: float = 0.999, attr: str = "model", warmup: bool = True):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay, self.attr, self.warmup = decay, attr, warmup
+        self.model: nn.Module | None = None
+        self.updates, self._pending = 0, None
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+
+    def on_fit_start(self, trainer, pl_module):
+        if self.model is None:  # a collective: every rank starts its copy from the full weights
+            self.model = gathered(getattr(pl_module, self.attr), everywhere=True)
+            if self.model is getattr(pl_module, self.attr):
+                self.model = copy.deepcopy(self.model)
+            self.model.eval().requires_grad_(False)
+        if self._pending is not None:
+            self.model.load_state_dict(self._pending)
+            self._pending = None
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in getattr(pl_module, self.attr).parameters()]
+        ema = list(self.model.parameters())
+        new = [p.detach().to(e.device, e.dtype) for p, e in zip(full, ema)]
+        torch._foreach_lerp_(ema, new, 1.0 - self.current_decay())  # e = d * e + (1 - d) * p
+        for e, b in zip(self.model.buffers(), getattr(pl_module, self.attr).buffers()):
+            e.copy_(b)
+        self.updates += 1
+
+    def state_dict(self):
+        return {"updates": self.updates, "decay": self.decay,
+                "model": None if self.model is None else self.model.state_dict()}
+
+    def load_state_dict(self, state):
+        self.updates, self.decay = state["updates"], state["decay"]
+        if state["model"] is not None:
+            if self.model is None:
+                self._pending = state["model"]
+            else:
+                self.model.load_state_dict(state["model"])
