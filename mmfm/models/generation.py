@@ -16,6 +16,8 @@ from typing import Sequence
 
 import torch
 
+from . import windowed
+
 log = logging.getLogger(__name__)
 
 
@@ -185,8 +187,10 @@ def _check_generate(model, rows, max_new_tokens, temperature, top_k, top_p, stop
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     longest, block = max(len(r) for r in rows) + max_new_tokens, model.config.block_size
     if longest > block:
-        log.warning("prompt + max_new_tokens = %d tokens exceed block_size %d: past it each new token sees only "
-                    "the last %d tokens (a sliding window, without the KV cache)", longest, block, block)
+        log.warning("prompt + max_new_tokens = %d tokens exceed block_size %d: past it the context is a sliding "
+                    "window of at most the last %d tokens (rotary positions: a rolling KV cache; learned positions: "
+                    "the cache is refilled with the last %d tokens whenever it is full)",
+                    longest, block, block, block // 2)
 
 
 class _Stopper:
@@ -237,15 +241,37 @@ def _fast_step(model, seq, mask, T0: int, caches, padded: bool):
     return lambda slot: dec(seq[:, slot], slot, slot - offset, mask)
 
 
-def _decode(model, seq, mask, T0: int, N: int, caches, padded: bool, stopper, logps, pad_id: int, pick) -> int:
+def _in_window(model, seq, mask, T0: int, caches, padded: bool):
+    """next_logits(n, cur) while every column fits in block_size (or without a cache: the last block_size)."""
+    step = _fast_step(model, seq, mask, T0, caches, padded)
+
+    def next_logits(n: int, cur: int) -> torch.Tensor:
+        if step is not None and n > 1:  # feed the last token, cache slot cur - 1
+            return step(cur - 1)
+        return _step_logits(model, seq[:, :cur], mask[:, :cur], caches, T0 if n == 1 else 1, padded)
+    return next_logits
+
+
+def _next_logits_fn(model, seq, mask, T0: int, N: int, use_cache: bool, padded: bool):
+    """next_logits(n, cur): a KV cache inside block_size, a windowed cache past it (mmfm.models.windowed),
+    or the cacheless re-run of the last block_size columns."""
+    kind = windowed.plan(model, T0, N, use_cache)
+    if kind is not None:
+        window = windowed.WindowedDecode(model, seq, mask, T0, N, kind, _step_logits)
+        if window.usable:
+            return window.next_logits
+    p = next(model.parameters())
+    fits = use_cache and T0 + N <= model.config.block_size
+    caches = model.transformer.new_caches(seq.shape[0], T0 + N, p.device, p.dtype) if fits else None
+    return _in_window(model, seq, mask, T0, caches, padded)
+
+
+def _decode(seq, T0: int, N: int, next_logits, stopper, logps, pad_id: int, pick) -> int:
     """Fill seq[:, T0:T0 + N] token by token; returns the number of steps taken."""
-    n, step = 0, _fast_step(model, seq, mask, T0, caches, padded)
+    n = 0
     for n in range(1, N + 1):
         cur = T0 + n - 1  # tokens so far
-        if step is not None and n > 1:  # feed the last token, cache slot cur - 1
-            logits = step(cur - 1).float()
-        else:
-            logits = _step_logits(model, seq[:, :cur], mask[:, :cur], caches, T0 if n == 1 else 1, padded).float()
+        logits = next_logits(n, cur).float()
         nxt = pick(logits)  # (B,)
         if stopper is not None:
             nxt = nxt.masked_fill(stopper.done, pad_id)
@@ -275,10 +301,12 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_
     stop_tokens / stop_strings: a row stops after emitting one of the tokens, or once its decoded new
         text contains one of the strings; the stopping token is kept, later positions hold `pad_id`.
     return_logprobs: also return log p(token) under the model's raw (temperature 1, unfiltered) distribution.
-    use_cache: decode with a KV cache (fast). Without it each step re-runs the last block_size tokens,
-        which is also what happens (with a logged warning) when prompt + new tokens exceed block_size:
-        past it the model sees a sliding window of its last block_size tokens, for learned and RoPE
-        positions alike (positions are recounted inside the window, as in training).
+    use_cache: decode with a KV cache (fast). Past block_size (a logged warning) the context slides: with
+        rotary positions a rolling KV cache gives every token the last block_size tokens (as a banded causal
+        mask would); with learned positions the cache is refilled with the last block_size // 2 tokens
+        whenever it is full (mmfm.models.windowed). A prompt longer than block_size keeps its last
+        block_size tokens. Without a cache each step re-runs the last block_size tokens (positions recounted
+        inside the window, as in training): exact, and slower by the window's length.
     generator: a torch.Generator for reproducible sampling.
     Returns a Generation: tokens (B, N), lengths (B,), logprobs (B, N) or None; `.tolist()`, `.texts()`.
     """
@@ -296,14 +324,13 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_
     mask = torch.ones((B, T0 + N), dtype=torch.bool, device=param.device)
     seq[:, :T0], mask[:, :T0] = prompt, prompt_mask
     padded = not bool(prompt_mask.all())
-    caches = model.transformer.new_caches(B, T0 + N, param.device, param.dtype) \
-        if use_cache and T0 + N <= model.config.block_size else None
     stopper = _Stopper(B, stop_tokens, stop_strings, tokenizer, param.device) if stop_tokens or stop_strings else None
     logps = torch.zeros((B, N), device=param.device) if return_logprobs else None
     was_training = model.training
     model.eval()
+    next_logits = _next_logits_fn(model, seq, mask, T0, N, use_cache, padded)
     with torch.inference_mode():  # less per-op overhead than no_grad; results are cloned out below
-        n = _decode(model, seq, mask, T0, N, caches, padded, stopper, logps, pad_id,
+        n = _decode(seq, T0, N, next_logits, stopper, logps, pad_id,
                     lambda logits: sample_next(logits, temperature, top_k, top_p, generator))
     model.train(was_training)
     tokens = seq[:, T0:T0 + n].cpu().clone()  # (B, n)
