@@ -85,6 +85,7 @@ def test_bad_fraction_decided_on_counts_of_every_rank():
 
 
 def test_precision_choice(monkeypatch):
+    monkeypatch.setattr("mmfm.train.precision.auto_cpu_precision", lambda: "32-true")  # an fp32 CPU
     assert resolve_accelerator("cpu") == ("cpu", "32-true")
     assert resolve_accelerator("auto", "bf16-mixed") == ("cpu", "bf16-mixed")
     assert resolve_accelerator("cpu", "32") == ("cpu", "32-true")

@@ -44,7 +44,8 @@ def recipe_parser(description: str, preset: str, max_steps: int, out: str) -> ar
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS),
-                   help="auto: bf16-mixed on a CUDA device with bf16, 16-mixed on one without, 32-true on CPU")
+                   help="auto: bf16-mixed on a CUDA device with bf16, 16-mixed on one without; on a CPU bf16-mixed "
+                        "where it has AMX and a short probe finds bf16 faster, else 32-true")
     p.add_argument("--devices", type=int, default=1, help="processes/GPUs on this node")
     p.add_argument("--num-nodes", type=int, default=1)
     p.add_argument("--strategy", default="auto", help="Lightning strategy: auto, ddp, fsdp, ...")
@@ -106,7 +107,8 @@ PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed", "bf16-true")
 
 def resolve_accelerator(device: str, precision: str = "auto") -> tuple[str, str]:
     """(Lightning accelerator, precision). Automatic precision: bf16-mixed on a CUDA device that supports bf16,
-    16-mixed on one that does not, 32-true on CPU (bf16 is 10-150x slower there)."""
+    16-mixed on one that does not; on a CPU bf16-mixed where it has AMX bf16 units and a matmul probe confirms
+    bf16 is faster, else 32-true (mmfm.train.precision)."""
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but no CUDA device is visible")
     if precision not in ("auto", *PRECISIONS):
@@ -116,7 +118,9 @@ def resolve_accelerator(device: str, precision: str = "auto") -> tuple[str, str]
         return ("gpu" if gpu else "cpu"), ("32-true" if precision == "32" else precision)
     if gpu:
         return "gpu", ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed")
-    return "cpu", "32-true"
+    from . import precision as cpu_precision
+
+    return "cpu", cpu_precision.auto_cpu_precision()
 
 
 def checkpoint_to_resume(resume: str | None) -> str | None:
