@@ -14,3 +14,17 @@ def best_rate(runners: dict, work: float, rounds: int) -> dict:
             run()
             best[name] = max(best[name], work / (time.perf_counter() - start))
     return best
+
+
+def matmul_gflops(n: int = 1024, dtype=None, reps: int = 5) -> float:
+    """The best fp32 (or `dtype`) GFLOP/s of an n x n x n matmul over `reps` runs: the peak the MFU is read against."""
+    import torch
+
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
