@@ -1,4 +1,4 @@
-"""Weight conversion to and from peer libraries (HF GPT-2, open_clip, timm), both ways.
+"""Weight conversion to and from peer libraries (HF GPT-2, open_clip, timm, diffusers DiT), both ways.
 
 Functions are imported lazily so that `import mmfm.interop` does not import every peer library.
 """
@@ -6,8 +6,11 @@ import importlib
 
 _FUNCS = {
     "from_hf_gpt2": "hf_gpt2", "to_hf_gpt2": "hf_gpt2",
+    "from_hf_bert": "hf_bert", "to_hf_bert": "hf_bert",
+    "from_hf_t5": "hf_t5", "to_hf_t5": "hf_t5",
     "from_open_clip": "open_clip", "to_open_clip": "open_clip",
     "from_timm_vit": "timm_vit", "to_timm_vit": "timm_vit",
+    "from_diffusers_dit": "diffusers_dit", "to_diffusers_dit": "diffusers_dit",
 }
 __all__ = sorted(_FUNCS)
 

@@ -27,6 +27,7 @@ class DiTConfig(ModelConfig):
     text_dim: int = opt(0, lo=0)  # >0: a pooled text embedding of this width is added to the condition
     context_dim: int = opt(0, lo=0)  # >0: cross-attention over text tokens of this width
     learn_sigma: bool = True
+    timestep_freq_shift: int = opt(0, lo=0, hi=1)  # 0: the DiT paper's timestep frequencies; 1: diffusers' DiT's
 
     def validate(self):
         super().validate()
@@ -77,7 +78,7 @@ class DiT(Model):
         self.x_embedder = PatchEmbed(c.input_size, c.patch_size, c.in_channels, c.hidden_size)
         grid = c.input_size // c.patch_size
         self.register_buffer("pos_embed", sincos_2d(c.hidden_size, grid)[None], persistent=False)
-        self.t_embedder = TimestepEmbedder(c.hidden_size)
+        self.t_embedder = TimestepEmbedder(c.hidden_size, freq_shift=c.timestep_freq_shift)
         self.y_embedder = LabelEmbedder(c.num_classes, c.hidden_size) if c.num_classes else None
         self.text_proj = nn.Linear(c.text_dim, c.hidden_size) if c.text_dim else None
         self.transformer = Transformer(c.stack())

@@ -23,13 +23,13 @@ class PatchEmbed(timm_layers.PatchEmbed):
 class TimestepEmbedder(nn.Module):
     """Sinusoidal features of t -> MLP -> (N, dim)."""
 
-    def __init__(self, dim: int, freq_dim: int = 256):
+    def __init__(self, dim: int, freq_dim: int = 256, freq_shift: int = 0):
         super().__init__()
-        self.freq_dim = freq_dim
+        self.freq_dim, self.freq_shift = freq_dim, freq_shift
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_frequencies(t, self.freq_dim).to(self.mlp[0].weight.dtype))
+        return self.mlp(timestep_frequencies(t, self.freq_dim, freq_shift=self.freq_shift).to(self.mlp[0].weight.dtype))
 
 
 class LabelEmbedder(nn.Module):
