@@ -1,0 +1,86 @@
+"""VAE training (diffusers AutoencoderKL) with latent diffusion's loss: L1 + KL + a hinge patch-GAN term switched on
+after a warm-up and balanced by the adaptive weight; PSNR / SSIM (torchmetrics) on held-out images."""
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from .adversarial import adaptive_weight, gan_factor, hinge_d_loss, hinge_g_loss
+
+
+def kl_per_pixel(posterior, images: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) || N(0, I)) summed over latent elements, averaged over the batch, per image pixel (so that
+    kl_weight means what it does in latent diffusion, whose losses are sums over pixels)."""
+    return posterior.kl().mean() / images[0].numel()
+
+
+class VAETask(L.LightningModule):
+    """Manual optimisation, two Adam(0.5, 0.9) optimizers. Generator step: L1 + kl_weight * KL (+ from
+    `disc_start` on, disc_weight * adaptive weight * hinge G loss); discriminator step (from disc_start on):
+    hinge D loss on real images vs the detached reconstructions. global_step counts VAE updates only (the
+    discriminator steps its raw optimizer), so --max-steps means VAE steps as in every recipe."""
+
+    def __init__(self, vae, disc, lr: float = 2e-4, disc_lr: float | None = None, kl_weight: float = 1e-6,
+                 disc_weight: float = 0.5, disc_start: int = 500):
+        super().__init__()
+        self.vae, self.disc = vae, disc
+        self.lr, self.disc_lr = lr, disc_lr or lr
+        self.kl_weight, self.disc_weight, self.disc_start = kl_weight, disc_weight, disc_start
+        self.automatic_optimization = False
+
+    def generator_loss(self, x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        post = self.vae.encode(x).latent_dist
+        rec = self.vae.decode(post.sample()).sample  # (B, C, H, W)
+        l1 = (rec - x).abs().mean()
+        kl = kl_per_pixel(post, x)
+        loss = l1 + self.kl_weight * kl
+        logs = {"train/l1": l1, "train/kl": kl}
+        if gan_factor(step, self.disc_start):
+            g = hinge_g_loss(self.disc(rec))
+            w = adaptive_weight(l1, g, self.vae.decoder.conv_out.weight) * self.disc_weight
+            loss = loss + w * g
+            logs.update({"train/g_loss": g, "train/d_weight": w})
+        return loss, rec, logs
+
+    def training_step(self, batch, _):
+        x = batch[0]
+        opt_vae, opt_disc = self.optimizers()
+        step = self.global_step
+        loss, rec, logs = self.generator_loss(x, step)
+        opt_vae.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt_vae.step()
+        if gan_factor(step, self.disc_start):
+            d_loss = hinge_d_loss(self.disc(x), self.disc(rec.detach()))
+            opt_disc.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            opt_disc.optimizer.step()  # the raw optimizer: not counted in global_step
+            logs["train/d_loss"] = d_loss
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict(logs)
+        return loss
+
+    def configure_optimizers(self):
+        return [torch.optim.Adam(self.vae.parameters(), self.lr, betas=(0.5, 0.9)),
+                torch.optim.Adam(self.disc.parameters(), self.disc_lr, betas=(0.5, 0.9))]
+
+
+@torch.no_grad()
+def reconstruct(vae, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+    """Deterministic reconstructions (the posterior mean), on the VAE's device, returned on the CPU in [-1, 1]."""
+    device = next(vae.parameters()).device
+    out = [vae.decode(vae.encode(x.to(device)).latent_dist.mode()).sample.clamp(-1, 1).cpu()
+           for x in images.split(batch_size)]
+    return torch.cat(out)
+
+
+def reconstruction_metrics(vae, images: torch.Tensor) -> dict:
+    """PSNR (dB) and SSIM of the reconstructions of `images` ([-1, 1]) on a [0, 1] scale (torchmetrics)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    was = vae.training
+    rec = (reconstruct(vae.eval(), images) + 1) / 2
+    vae.train(was)
+    real = (images.float() + 1) / 2
+    return {"psnr": float(peak_signal_noise_ratio(rec, real, data_range=1.0)),
+            "ssim": float(structural_similarity_index_measure(rec, real, data_range=1.0))}
