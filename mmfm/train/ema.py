@@ -3,6 +3,23 @@
 The shadow copy lives on the callback (`ema.model`), is updated after every optimizer step with
 decay_t = min(decay, (1 + n) / (10 + n)) (a warm-up so short runs are not dominated by the init), and
 is saved in / restored from Lightning checkpoints.
+
+Why not Lightning's weight averaging (lightning.pytorch.callbacks.WeightAveraging / EMAWeightAveraging, on
+torch.optim.swa_utils.AveragedModel), considered in issue 13; tests/test_ema_swap.py shows all but the GPU point:
+- EMAWeightAveraging has no warm-up: its first update copies the weights, later ones use the constant decay, so
+  a DiT run's EMA (and its samples and FID) would change. WeightAveraging(multi_avg_fn=...) can be given the
+  warm-up (the test does it, with equal numbers), but then:
+- it builds the average in setup(), before the strategy moves the module to its device (Trainer._run calls the
+  setup hook before strategy.setup): on a GPU the average stays on the CPU and every step copies all weights to
+  the host unless a device is passed. It calls configure_model() itself and warns on every run for a task that
+  overrides it (mmfm.train.strategies.ShardedTask, the FSDP2 tasks; its docs: sharded models do not work with it);
+- it averages the whole LightningModule (a deep copy of the task, frozen conditioners included) and, at the end
+  of fit, overwrites the trained weights with the average;
+- its checkpoints hold the average under "state_dict" and the trained weights under "current_model_state",
+  so every DiT checkpoint changes layout, and resuming a checkpoint written with this callback under Lightning's
+  would restart the average from the trained weights (Lightning warns, then loads "state_dict" into both).
+This callback builds its copy at fit start (on the device the strategy chose), averages only `attr`, leaves the
+trained weights and the checkpoint's state_dict alone, and keeps its state under the checkpoint's callbacks.
 """
 from __future__ import annotations
 
