@@ -62,7 +62,12 @@ def diffusion_loss(model, scheduler, x0: torch.Tensor, cond: dict | None = None,
                    null_label: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """MSE between model(x_t, t, **cond) and the target at uniformly drawn t (the DDPM 'simple' loss).
     With learn_sigma models (2C output channels) only the first C channels are regressed. Timesteps and noise
-    are drawn on x0's device (and dtype) from `generator` (which must live there) or the global generator."""
+    are drawn on x0's device (and dtype) from `generator` (which must live there) or the global generator.
+    A flow-matching scheduler (mmfm.diffusion.flow) selects the rectified-flow loss instead."""
+    from .flow import flow_loss, is_flow
+
+    if is_flow(scheduler):
+        return flow_loss(model, scheduler, x0, cond, p_uncond, null_label, generator)
     cond = drop_condition(cond or {}, p_uncond, null_label, generator)
     B, C = x0.shape[:2]
     T = scheduler.config.num_train_timesteps

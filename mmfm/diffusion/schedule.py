@@ -9,6 +9,8 @@ from pathlib import Path
 
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
+from .flow import is_flow_config, make_flow_sampler
+
 SAMPLERS = ("ddim", "dpm++", "ddpm", "euler")
 SCHEDULER_DIR = "scheduler"
 
@@ -24,7 +26,10 @@ def make_train_scheduler(prediction_type: str = "epsilon", beta_schedule: str = 
 
 
 def make_sampler(name: str, config):
-    """A sampler sharing the training schedule: 'ddim' (eta=0), 'dpm++' (DPM-Solver++ 2M), 'ddpm', 'euler'."""
+    """A sampler sharing the training schedule: 'ddim' (eta=0), 'dpm++' (DPM-Solver++ 2M), 'ddpm', 'euler'
+    (a flow-matching config: 'euler' or 'dpm++' on its flow sigmas, mmfm.diffusion.flow)."""
+    if is_flow_config(config):
+        return make_flow_sampler(name, config)
     if name == "ddim":
         return DDIMScheduler.from_config(config)
     if name == "dpm++":
