@@ -31,11 +31,11 @@ log = logging.getLogger("vae_train")
 @dataclass
 class VAETrain:
     datasets: str = "digits,animals"
-    batch_size: int = opt(64, lo=1)
+    batch_size: int = opt(32, lo=1)
     lr: float = opt(2e-4, gt=0.0)
     kl_weight: float = opt(1e-6, lo=0.0)  # on the per-pixel KL (latent diffusion's ratio of sums)
     disc_weight: float = opt(0.5, lo=0.0)  # times the adaptive weight
-    disc_start: int = opt(1000, lo=0)  # VAE steps before the discriminator and its loss switch on
+    disc_start: int = opt(300, lo=0)  # VAE steps before the discriminator and its loss switch on (~half a CPU run)
     disc_width: int = opt(32, lo=1)
     disc_layers: int = opt(2, lo=1)
     max_minutes: float = opt(6.0, lo=0.0)  # >0: also stop after this many minutes of training, whichever first
