@@ -16,13 +16,16 @@ KL penalty to the frozen --init model (default 0: none, as TRL's). --max-steps c
 --data is JSONL with `prompt` (a string or messages) and any extra columns; each reward function is called as
 f(prompts, completions, **columns) -> list[float] (TRL's reward_funcs), found on the working directory or
 PYTHONPATH; a reward-model folder may be one of the terms. Without --data the built-in task writes its prompts
-(with an `answer` column) to <out>/data and rewards the exact answer (mmfm.align.rewards:exact_match) and the
-format (format_reward, weight 0: logged only). Without --init, runs/align/sft/model is made first by
-recipes/align_all.sh's first two stages when it is missing. Writes <out>/model, <out>/history.json, <out>/loss.png
-(reward and loss per step) and <out>/metrics.json: held-out prompts' mean reward per term of greedy completions (--val-data or a split of
---data), rollout_tokens_per_s, wall_s; for the built-in task also confirm/greedy and confirm/sampled (accuracy on
-the 808 confirmation problems, mmfm.align.confirm, greedy and at T=1), format_rate (greedy completions ending in
-`Answer: N` there), mean_len, kl_to_sft and the tuning split's accuracy (heldout, the 400 eval problems).
+(with an `answer` column) to <out>/data and rewards the exact answer (mmfm.align.rewards:exact_match; the format,
+format_reward, is logged at weight 0). The default --init runs/align/sft/model is made first, by align_all.sh's
+first two stages, when it is missing. max_train_s= also stops RL after that many seconds (equal-time comparisons).
+lora_rank=8 trains LoRA adapters (peft) instead of every weight; they are merged into the saved model.
+
+Writes <out>/model, <out>/history.json, <out>/loss.png (reward and loss per step) and <out>/metrics.json: the
+rollout speed (rollout_tokens_per_s) and wall_s; with --data the held-out prompts' (--val-data or a split) mean
+reward per term of greedy completions; for the built-in task confirm/greedy and confirm/sampled (accuracy on the
+808 confirmation problems of mmfm.align.confirm, greedy and at T=1), format_rate (greedy completions ending in
+`Answer: N` there), mean_len, kl_to_sft, and the tuning split's accuracy (heldout: the 400 eval problems).
 """
 from __future__ import annotations
 
@@ -33,11 +36,13 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 
 import mmfm
+from mmfm.adapt.lora import add_lora, merge_lora
 from mmfm.align.builtin import write_prompts
 from mmfm.align.chat import pad_right, stop_ids
 from mmfm.align.confirm import confirm_problems
@@ -49,7 +54,7 @@ from mmfm.align.rollout import eval_prompts, evaluate, generate_texts, kl_to_ref
 from mmfm.align.run import builtin_only, fit, splits, train_loader
 from mmfm.align.sampling import sample_groups
 from mmfm.align.splits import heldout_problems
-from mmfm.config import ConfigError
+from mmfm.config import ConfigError, opt
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 
 log = logging.getLogger("grpo")
@@ -64,6 +69,9 @@ class GRPORun:
     n_pool: int = 4096  # built-in task: training prompts
     n_eval: int = 400  # built-in task: held-out problems (the tuning split)
     val_fraction: float = 0.1  # --data without --val-data: the share of prompts held out
+    max_train_s: float = opt(0.0, lo=0.0)  # > 0: also stop RL after this many seconds (equal-time comparisons)
+    lora_rank: int = opt(0, lo=0)  # > 0: train LoRA adapters (peft) on the attention and MLP layers, merged at the end
+    lora_alpha: float = opt(16.0, gt=0.0)
 
 
 def ensure_sft(args) -> None:
@@ -139,22 +147,27 @@ def main(argv=None):
     train, heldout, sizes = splits(args, lambda folder: write_prompts(folder, run.n_pool, run.n_eval, args.seed),
                                    read_prompts, run.val_fraction)
     train, heldout = (Prompts(tok, d, policy.config.block_size) for d in (train, heldout))
-    task = GRPOTask(policy, rewards, tok, cfg, reference if cfg.beta > 0 else None)
+    if "lora_alpha" in args.overrides and not run.lora_rank:
+        raise ConfigError("lora_alpha scales LoRA adapters; set lora_rank > 0 too")
+    trained = add_lora(policy, run.lora_rank, run.lora_alpha, trainable=()) if run.lora_rank else policy
+    task = GRPOTask(trained, rewards, tok, cfg, reference if cfg.beta > 0 else None)
     steps = argparse.Namespace(**{**vars(args), "max_steps": args.max_steps * cfg.updates_per_step(), "ckpt_every": None})
     hist = LossHistory(args.out, prefixes=("train/reward", "train/loss"), title=f"align: {cfg.loss.upper()}")
+    budget = {"max_time": timedelta(seconds=run.max_train_s)} if run.max_train_s > 0 else {}
     trainer = make_trainer(steps, callbacks=[hist], limit_val_batches=0, log_every_n_steps=cfg.updates_per_step(),
-                           ckpt_every=(args.ckpt_every or 20) * cfg.updates_per_step())
+                           ckpt_every=(args.ckpt_every or 20) * cfg.updates_per_step(), **budget)
     if not fit(trainer, task, args, train_loader(train, cfg.prompts_per_step, list, args.seed)):
         return {}
     reference.to(trainer.strategy.root_device)
+    policy = task.policy = merge_lora(task.policy)  # a plain GPT again: the saved folder loads like any model
     out, history = Path(args.out), task.history
     (out / "history.json").write_text(json.dumps(history))
     metrics = {"loss": cfg.loss, "scale_rewards": cfg.scale(), "epsilon_high": cfg.eps_high(), "steps": len(history),
                "data": sizes, "last_step": history[-1] if history else {},
                "rollout_tokens_per_s": sum(h["rollout_tokens"] for h in history) / max(sum(h["rollout_s"] for h in history), 1e-9)}
-    if len(heldout):
+    if args.data and len(heldout):
         metrics["heldout_reward"] = heldout_reward(task, heldout.rows)
-    if not args.data:
+    if not args.data:  # its held-out prompts are the 400 tuning problems: scored as task accuracy
         metrics.update(builtin_metrics(policy, reference, tok, run.n_eval))
     return finish(args, policy, metrics, timer)
 

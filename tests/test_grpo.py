@@ -233,10 +233,11 @@ def test_grpo_recipe_on_user_prompts_with_a_user_reward(tmp_path, recipes_on_pat
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"What is {i}+1?", "answer": i + 1} for i in range(12)])
     out = grpo.main(["--init", str(tmp_path / "sft"), "--data", str(data), "reward=my_rewards:short",
                      "--out", str(tmp_path / "run"), "--max-steps", "2", "prompts_per_step=2", "group=3",
-                     "minibatch=6", "max_new=6", "loss=grpo"])
+                     "minibatch=6", "max_new=6", "loss=grpo", "lora_rank=4"])
     assert out["steps"] == 2 and out["loss"] == "grpo" and out["scale_rewards"] == "group"
     assert out["rollout_tokens_per_s"] > 0 and out["wall_s"] > 0 and "reward" in out["heldout_reward"]
-    assert mmfm.build_model(tmp_path / "run" / "model").tokenizer is not None
+    saved = mmfm.build_model(tmp_path / "run" / "model")  # LoRA merged: a plain folder
+    assert saved.tokenizer is not None and not any("lora" in k for k in saved.state_dict())
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 2
     with pytest.raises(mmfm.config.ConfigError, match="reward="):
         grpo.main(["--init", str(tmp_path / "sft"), "--data", str(data), "--out", str(tmp_path / "x")])
@@ -244,3 +245,36 @@ def test_grpo_recipe_on_user_prompts_with_a_user_reward(tmp_path, recipes_on_pat
         grpo.main(["--init", str(tmp_path / "sft"), "loss=ppo", "--out", str(tmp_path / "x")])
     with pytest.raises(FileNotFoundError, match="--init"):
         grpo.main(["--init", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+
+
+def test_lora_policy_samples_with_its_adapters_and_merges_to_a_plain_folder(tmp_path):
+    """LoRA round trip: the group sampler (fast decoder, adapters merged for the rollout) gives the LoRA model's
+    own greedy completions, the adapters are unmerged after it, and the merged folder loads as a plain GPT with
+    the LoRA model's logits."""
+    from mmfm.adapt.lora import add_lora, is_lora, merge_lora
+    from mmfm.align.grpo import adapters_merged
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    policy = add_lora(tiny_gpt(tok), rank=4, alpha=8.0, trainable=())
+    for name, p in policy.named_parameters():
+        if "lora_B" in name:  # peft starts B at 0 (a no-op adapter): give it a real effect
+            torch.nn.init.normal_(p, std=0.5)
+    assert all(("lora_" in n) == p.requires_grad for n, p in policy.named_parameters())
+    prompts = [encode_prompt(tok, "What is 12+34?"), encode_prompt(tok, "7+8=?")]
+    ids = torch.tensor([prompts[0]])
+    policy.eval()
+    with torch.no_grad():
+        want_logits = policy(ids)
+        seq = list(prompts[0])  # the LoRA model's greedy completion through its module forward (no cache)
+        for _ in range(6):
+            seq.append(int(policy(torch.tensor([seq]))[0, -1].argmax()))
+    with adapters_merged(policy) as merged_for_rollout:
+        out = sample_groups(merged_for_rollout, prompts, 2, 6, [], tok.pad_id, temperature=0)
+    assert out.responses[0] == seq[len(prompts[0]):] == out.responses[1]
+    assert torch.allclose(policy(ids), want_logits, atol=1e-5)  # unmerged again: the same model
+    plain = merge_lora(policy)
+    assert not is_lora(plain)
+    plain.save_pretrained(tmp_path / "merged")
+    loaded = mmfm.build_model(tmp_path / "merged").eval()
+    assert torch.allclose(loaded(ids), want_logits, atol=1e-5) and loaded.tokenizer is not None

@@ -14,12 +14,14 @@ aligned with `token_logprobs` (entry t scores token t+1), as in PPO.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import lightning as L
 import torch
 import torch.nn as nn
 
+from ..adapt.lora import is_lora
 from ..config import ConfigError, opt
 from ..losses.policy import GROUP_LOSSES, SCALES, group_advantages, group_policy_loss, sampling_logprobs
 from ..train.optim import build_optimizer
@@ -40,8 +42,8 @@ class GRPOConfig:
     beta: float = opt(0.0, lo=0.0)  # KL to the reference (0: no reference model needed)
     epochs: int = opt(1, lo=1)  # passes over each rollout batch (TRL's num_iterations)
     minibatch: int = opt(64, lo=1)  # completions per optimizer step
-    lr: float = opt(1e-4, gt=0.0)
-    temperature: float = opt(1.0, gt=0.0)
+    lr: float = opt(2e-4, gt=0.0)
+    temperature: float = opt(0.7, gt=0.0)  # rollouts sample softmax(logits / T) (as PPO's); the ratios use it too
     top_k: int = opt(0, lo=0)  # 0: no top-k filter
     top_p: float = opt(1.0, gt=0.0, hi=1.0)
     max_new: int = opt(64, lo=1)
@@ -61,8 +63,23 @@ class GRPOConfig:
         return 0.28 if self.loss == "dapo" else self.epsilon
 
 
+@contextmanager
+def adapters_merged(model: nn.Module):
+    """A LoRA (peft) policy with its adapters folded into the base weights for the duration (the fast one-token
+    decoder reads the base weights directly); unmerged after. A plain model is used as it is."""
+    if not is_lora(model):
+        yield model
+        return
+    model.merge_adapter()
+    try:
+        yield model
+    finally:
+        model.unmerge_adapter()
+
+
 class GRPOTask(L.LightningModule):
-    """policy: a GPT; reference: a frozen GPT (needed only when beta > 0); rewards: reward terms."""
+    """policy: a GPT, or a LoRA (peft) GPT (mmfm.adapt.lora.add_lora); reference: a frozen GPT (needed only when
+    beta > 0); rewards: reward terms."""
 
     def __init__(self, policy: nn.Module, rewards: list[RewardTerm], tok, cfg: GRPOConfig,
                  reference: nn.Module | None = None):
@@ -97,8 +114,9 @@ class GRPOTask(L.LightningModule):
         if self.generator is None or self.generator.device != device:
             self.generator = torch.Generator(device).manual_seed(int(torch.randint(0, 2**31, (1,))))
         prompts = [b["ids"] for b in batch]
-        out = sample_groups(self.policy, prompts, cfg.group, cfg.max_new, stop_ids(tok), tok.pad_id, cfg.temperature,
-                            cfg.top_k or None, cfg.top_p, self.generator)
+        with adapters_merged(self.policy) as policy:
+            out = sample_groups(policy, prompts, cfg.group, cfg.max_new, stop_ids(tok), tok.pad_id, cfg.temperature,
+                                cfg.top_k or None, cfg.top_p, self.generator)
         rows = [b for b in batch for _ in range(cfg.group)]  # (N,) prompt by prompt
         seqs = [r["ids"] + y for r, y in zip(rows, out.responses)]
         ids, mask = (t.to(device) for t in pad_right(seqs, tok.pad_id))  # (N, T)
