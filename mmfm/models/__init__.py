@@ -1,8 +1,11 @@
 """Model families; importing this registers every preset."""
 from .base import Model
+from .bert import BERT, BERTConfig
 from .clip import CLIP, CLIPConfig
 from .dit import DiT, DiTConfig
 from .gpt import GPT, GPTConfig
+from .t5 import T5, T5Config
 from .vit import ViT, ViTConfig
 
-__all__ = ["Model", "CLIP", "CLIPConfig", "DiT", "DiTConfig", "GPT", "GPTConfig", "ViT", "ViTConfig"]
+__all__ = ["Model", "BERT", "BERTConfig", "CLIP", "CLIPConfig", "DiT", "DiTConfig", "GPT", "GPTConfig", "T5",
+           "T5Config", "ViT", "ViTConfig"]

@@ -52,10 +52,12 @@ def build_attn_mask(
 
 
 class Attention(nn.Module):
-    """Self-attention (or cross-attention when `kv_dim` is given).
+    """Self-attention (or cross-attention when `kv_dim` is given); `head_dim` (default dim // n_heads) sets
+    the heads' width when n_heads * head_dim differs from dim.
 
-    forward(x, key_padding_mask=None, rope=None, cache=None, context=None) -> (B, T, C)
+    forward(x, key_padding_mask=None, rope=None, cache=None, context=None, attn_bias=None) -> (B, T, C)
     key_padding_mask: (B, Tk) bool, True for real tokens (Tk includes cached positions).
+    attn_bias: float, broadcastable to (B, H, T, Tk), added to the attention scores (T5's relative positions).
     """
 
     def __init__(
@@ -68,18 +70,20 @@ class Attention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         kv_dim: int | None = None,
+        head_dim: int | None = None,
     ):
         super().__init__()
-        if dim % n_heads:
+        if head_dim is None and dim % n_heads:
             raise ValueError(f"dim={dim} must be divisible by n_heads={n_heads}")
-        self.n_heads, self.head_dim, self.causal = n_heads, dim // n_heads, causal
+        self.n_heads, self.head_dim, self.causal = n_heads, head_dim or dim // n_heads, causal
+        inner = n_heads * self.head_dim  # dim unless head_dim is given (T5 v1.1: 6 heads of 64 in width 512)
         self.is_cross = kv_dim is not None
         if self.is_cross:
-            self.q = nn.Linear(dim, dim, bias=qkv_bias)
-            self.kv = nn.Linear(kv_dim, 2 * dim, bias=qkv_bias)
+            self.q = nn.Linear(dim, inner, bias=qkv_bias)
+            self.kv = nn.Linear(kv_dim, 2 * inner, bias=qkv_bias)
         else:
-            self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+            self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
+        self.proj = nn.Linear(inner, dim, bias=proj_bias)
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -87,7 +91,8 @@ class Attention(nn.Module):
         b, n, _ = t.shape
         return t.view(b, n, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, N, Dh)
 
-    def forward(self, x, key_padding_mask=None, rope=None, cache: KVCache | None = None, context=None):
+    def forward(self, x, key_padding_mask=None, rope=None, cache: KVCache | None = None, context=None,
+                attn_bias=None):
         B, T, C = x.shape
         if self.is_cross:
             q = self._split(self.q(x))
@@ -102,15 +107,18 @@ class Attention(nn.Module):
             if cache is not None:
                 k, v = cache.append(k, v)
         Tk = k.shape[2]
-        if key_padding_mask is None and (not causal or T == Tk or T == 1):
+        if attn_bias is None and key_padding_mask is None and (not causal or T == Tk or T == 1):
             # fast path: no explicit mask (a single new query may see every cached key)
             y = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=self.attn_drop if self.training else 0.0, is_causal=causal and T > 1
             )
         else:
             mask = build_attn_mask(T, Tk, causal, key_padding_mask, x.device)
+            if attn_bias is not None:  # one additive float mask: the bias, and the minimum where masked
+                bias = attn_bias.to(q.dtype)
+                mask = bias if mask is None else bias.masked_fill(~mask, torch.finfo(q.dtype).min)
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0
             )
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H * Dh)
         return self.proj_drop(self.proj(y))

@@ -33,10 +33,12 @@ def _norm_fn(norm: nn.Module):
 
 def _mlp_fn(mlp: nn.Module):
     w1, b1, w2, b2 = mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias
-    if isinstance(mlp, SwiGLU):
+    if isinstance(mlp, SwiGLU):  # and its GEGLU
+        act = mlp.act
+
         def swiglu(x):
             gate, up = F.linear(x, w1, b1).chunk(2, dim=-1)
-            return F.linear(F.silu(gate) * up, w2, b2)
+            return F.linear(act(gate) * up, w2, b2)
         return swiglu
     approximate = mlp.act.approximate  # F.gelu itself: one kernel beats GELU's in-place passes on (B, 4C) rows
 
@@ -68,7 +70,8 @@ class StackDecoder:
     @staticmethod
     def supports(stack: nn.Module) -> bool:
         cfg = getattr(stack, "cfg", None)
-        if cfg is None or not cfg.causal or stack.training or cfg.cond_dim is not None:
+        if (cfg is None or not cfg.causal or stack.training or cfg.cond_dim is not None or cfg.post_norm
+                or cfg.head_dim not in (None, cfg.dim // cfg.n_heads)):
             return False
         norms = (nn.LayerNorm, RMSNorm)
         return all(b.cross is None and isinstance(b.ls1, nn.Identity) and isinstance(b.drop_path, nn.Identity)

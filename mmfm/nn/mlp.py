@@ -1,4 +1,4 @@
-"""Feed-forward layers: GELU MLP and SwiGLU."""
+"""Feed-forward layers: GELU MLP, SwiGLU and GEGLU."""
 from __future__ import annotations
 
 import math
@@ -43,9 +43,21 @@ class SwiGLU(nn.Module):
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
         self.drop = nn.Dropout(drop)
 
+    act = staticmethod(F.silu)
+
     def forward(self, x):
         gate, up = self.fc1(x).chunk(2, dim=-1)
-        return self.drop(self.fc2(F.silu(gate) * up))
+        return self.drop(self.fc2(self.act(gate) * up))
+
+
+def _gelu_tanh(x):
+    return F.gelu(x, approximate="tanh")
+
+
+class GEGLU(SwiGLU):
+    """fc2(gelu_tanh(w_gate x) * w_up x): T5 v1.1's gated-GELU; `hidden` is the inner width."""
+
+    act = staticmethod(_gelu_tanh)
 
 
 def build_mlp(kind: str, dim: int, hidden: int, bias: bool = True, drop: float = 0.0) -> nn.Module:
@@ -55,4 +67,6 @@ def build_mlp(kind: str, dim: int, hidden: int, bias: bool = True, drop: float =
         return Mlp(dim, hidden, bias=bias, drop=drop, approximate="tanh")
     if kind == "swiglu":
         return SwiGLU(dim, hidden, bias=bias, drop=drop)
-    raise ValueError(f"unknown mlp kind {kind!r}; choose from 'gelu', 'gelu_tanh', 'swiglu'")
+    if kind == "geglu_tanh":
+        return GEGLU(dim, hidden, bias=bias, drop=drop)
+    raise ValueError(f"unknown mlp kind {kind!r}; choose from 'gelu', 'gelu_tanh', 'swiglu', 'geglu_tanh'")

@@ -1,7 +1,9 @@
 """The one pre-norm Transformer Block and stack behind GPT, ViT, CLIP and DiT.
 
 Block(x) = x + attn(norm1(x)) [+ cross(norm_x(x), context)] + mlp(norm2(x)); with a condition
-vector `c` (cond_dim set) the two main sub-layers are adaLN-Zero modulated and gated.
+vector `c` (cond_dim set) the two main sub-layers are adaLN-Zero modulated and gated. With `post_norm`
+(the original Transformer and BERT) each sub-layer's norm follows its residual sum instead:
+x = norm1(x + attn(x)); x = norm2(x + mlp(x)).
 """
 from __future__ import annotations
 
@@ -39,6 +41,9 @@ class StackConfig:
     rope_base: float = 10000.0
     final_norm: bool = True
     ls_init: float | None = None  # layer-scale init (None: off)
+    post_norm: bool = False  # norm after each residual sum (BERT) instead of before each sub-layer
+    mlp_hidden: int | None = None  # the MLP's inner width (None: int(dim * mlp_ratio))
+    head_dim: int | None = None  # attention head width (None: dim // n_heads)
 
 
 class LayerScale(nn.Module):
@@ -56,28 +61,41 @@ class Block(nn.Module):
         dim, affine = cfg.dim, cfg.cond_dim is None  # adaLN supplies the affine part
         self.norm1 = build_norm(cfg.norm, dim, cfg.norm_eps, affine=affine, bias=cfg.bias)
         self.attn = Attention(dim, cfg.n_heads, cfg.causal, qkv_bias=cfg.bias, proj_bias=cfg.bias,
-                              attn_drop=cfg.dropout, proj_drop=cfg.dropout)
+                              attn_drop=cfg.dropout, proj_drop=cfg.dropout, head_dim=cfg.head_dim)
         self.norm2 = build_norm(cfg.norm, dim, cfg.norm_eps, affine=affine, bias=cfg.bias)
-        self.mlp = build_mlp(cfg.mlp, dim, int(dim * cfg.mlp_ratio), bias=cfg.bias, drop=cfg.dropout)
+        hidden = cfg.mlp_hidden or int(dim * cfg.mlp_ratio)
+        self.mlp = build_mlp(cfg.mlp, dim, hidden, bias=cfg.bias, drop=cfg.dropout)
         self.cross = None
         if cfg.context_dim is not None:
             self.norm_x = build_norm(cfg.norm, dim, cfg.norm_eps, bias=cfg.bias)
-            self.cross = Attention(dim, cfg.n_heads, qkv_bias=cfg.bias, kv_dim=cfg.context_dim)
+            self.cross = Attention(dim, cfg.n_heads, qkv_bias=cfg.bias, proj_bias=cfg.bias, kv_dim=cfg.context_dim,
+                                   head_dim=cfg.head_dim)
         self.ada = AdaLN(cfg.cond_dim, dim, 6) if cfg.cond_dim is not None else None
         ls = (lambda: LayerScale(dim, cfg.ls_init)) if cfg.ls_init else nn.Identity
         self.ls1, self.ls2 = ls(), ls()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.post_norm = cfg.post_norm
+        if cfg.post_norm and cfg.cond_dim is not None:
+            raise ValueError("post_norm blocks take no adaLN condition (cond_dim)")
 
-    def forward(self, x, c=None, key_padding_mask=None, rope=None, cache=None, context=None, context_mask=None):
+    def forward(self, x, c=None, key_padding_mask=None, rope=None, cache=None, context=None, context_mask=None,
+                attn_bias=None):
+        if self.post_norm:
+            y = self.attn(x, key_padding_mask, rope, cache, attn_bias=attn_bias)
+            x = self.norm1(x + self.drop_path(self.ls1(y)))
+            if self.cross is not None:
+                x = self.norm_x(x + self.cross(x, context_mask, context=context))
+            return self.norm2(x + self.drop_path(self.ls2(self.mlp(x))))
         if self.ada is None:
             h = self.norm1(x)
-            x = x + self.drop_path(self.ls1(self.attn(h, key_padding_mask, rope, cache)))
+            x = x + self.drop_path(self.ls1(self.attn(h, key_padding_mask, rope, cache, attn_bias=attn_bias)))
             if self.cross is not None:
                 x = x + self.cross(self.norm_x(x), context_mask, context=context)
             return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)  # each (B, C)
         h = modulate(self.norm1(x), shift1, scale1)
-        x = torch.addcmul(x, gate1.unsqueeze(1), self.drop_path(self.attn(h, key_padding_mask, rope, cache)))
+        x = torch.addcmul(x, gate1.unsqueeze(1), self.drop_path(self.attn(h, key_padding_mask, rope, cache,
+                                                                          attn_bias=attn_bias)))
         if self.cross is not None:
             x = x + self.cross(self.norm_x(x), context_mask, context=context)
         h = modulate(self.norm2(x), shift2, scale2)
@@ -88,7 +106,8 @@ class Transformer(nn.Module):
     """A stack of Blocks (+ optional final norm). Embeddings and heads live in the models.
 
     forward(x (B, T, C), c=None (B, cond_dim), key_padding_mask=None (B, Tk),
-            positions=None (B, T) or (T,) for RoPE, caches=None (list of KVCache), context=None)
+            positions=None (B, T) or (T,) for RoPE, caches=None (list of KVCache), context=None,
+            context_mask=None (B, Tc), attn_bias=None (float, to (B, H, T, Tk)): added to every self-attention)
     """
 
     def __init__(self, cfg: StackConfig):
@@ -96,15 +115,16 @@ class Transformer(nn.Module):
         self.cfg = cfg
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # stochastic depth ramp
         self.blocks = nn.ModuleList([Block(cfg, r) for r in rates])
-        self.rope = RotaryEmbedding(cfg.dim // cfg.n_heads, cfg.rope_base) if cfg.rope else None
+        self.rope = RotaryEmbedding(cfg.head_dim or cfg.dim // cfg.n_heads, cfg.rope_base) if cfg.rope else None
         self.norm = build_norm(cfg.norm, cfg.dim, cfg.norm_eps, bias=cfg.bias) if cfg.final_norm else nn.Identity()
 
     def new_caches(self, batch: int, max_len: int, device=None, dtype=None) -> list[KVCache]:
         h = self.cfg.n_heads
-        return [KVCache.empty(batch, h, max_len, self.cfg.dim // h, device, dtype) for _ in self.blocks]
+        dh = self.cfg.head_dim or self.cfg.dim // h
+        return [KVCache.empty(batch, h, max_len, dh, device, dtype) for _ in self.blocks]
 
     def forward(self, x, c=None, key_padding_mask=None, positions=None, caches=None, context=None,
-                context_mask=None):
+                context_mask=None, attn_bias=None):
         rope = None
         if self.rope is not None:
             if positions is None:
@@ -112,5 +132,5 @@ class Transformer(nn.Module):
                 positions = torch.arange(start, start + x.shape[1], device=x.device)
             rope = self.rope(positions)
         for i, blk in enumerate(self.blocks):
-            x = blk(x, c, key_padding_mask, rope, caches[i] if caches else None, context, context_mask)
+            x = blk(x, c, key_padding_mask, rope, caches[i] if caches else None, context, context_mask, attn_bias)
         return self.norm(x)
