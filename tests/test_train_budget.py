@@ -104,13 +104,15 @@ def test_clock_excludes_validation_and_rejects_negative_budgets():
 
 
 DRIVER = textwrap.dedent('''
-    """Runs recipes/gpt_pretrain.py under DDP with rank 1's clock running 3x fast and starting late; each rank
-    writes its final step, learning rate and weights."""
+    """Runs a recipe under DDP with rank 1's clocks (mmfm's BudgetClock, Lightning's Timer) running 3x fast and
+    starting late; each rank writes its final step, learning rate and weights (and its EMA's, if any)."""
     import sys, time, importlib.util
     from pathlib import Path
     import lightning as L
     import torch
+    from lightning.pytorch.callbacks import Timer
     from mmfm.train.budget import BudgetClock
+    from mmfm.train.ema import EMA
 
     OUT = Path(sys.argv[1])
 
@@ -119,14 +121,17 @@ DRIVER = textwrap.dedent('''
             if trainer.global_rank == 1:
                 time.sleep(0.5)  # a rank that starts late
                 real = BudgetClock._now
-                BudgetClock._now = staticmethod(lambda: 3 * real())  # and whose clock runs fast
+                BudgetClock._now = staticmethod(lambda: 3 * real())  # and whose clocks run fast
+                elapsed = Timer.time_elapsed
+                Timer.time_elapsed = lambda self, *a: 3 * elapsed(self, *a)
 
         def on_train_end(self, trainer, pl_module):
+            ema = next((c.model.state_dict() for c in trainer.callbacks if isinstance(c, EMA)), None)
             torch.save({"step": trainer.global_step, "lr": trainer.optimizers[0].param_groups[0]["lr"],
-                        "weights": pl_module.model.state_dict()}, OUT / f"rank{trainer.global_rank}.pt")
+                        "weights": pl_module.model.state_dict(), "ema": ema}, OUT / f"rank{trainer.global_rank}.pt")
 
-    spec = importlib.util.spec_from_file_location("gpt_pretrain", sys.argv[2])
-    module = importlib.util.module_from_spec(spec)
+    spec = importlib.util.spec_from_file_location("recipe_under_test", sys.argv[2])
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclasses look it up
     spec.loader.exec_module(module)
     real = module.make_trainer
     module.make_trainer = lambda args, callbacks=(), **kw: real(args, [*callbacks, Report()], **kw)
@@ -135,24 +140,36 @@ DRIVER = textwrap.dedent('''
 ''')
 
 
-def test_ddp_ranks_stop_together_with_identical_weights_under_a_time_budget(tmp_path):
-    data, out = tmp_path / "data", tmp_path / "ddp"
-    build_token_files(TEXT, data, "char")
+def ddp_budget_run(tmp_path, recipe: str, args: list[str], timeout: int = 600) -> tuple[dict, dict, dict]:
+    """`recipe` on 2 gloo processes through DRIVER (rank 1's clocks fast and late) -> (rank 0's report, rank 1's,
+    metrics.json); asserts that both ranks stopped at the same step (> 0, before --max-steps) with the same
+    learning rate and identical weights (and EMA weights). A hang (ranks stopping apart) fails at `timeout`, which
+    leaves room for a CPU shared with other work (a CLIP run took 3 min at a load of 18 on 2 cores)."""
+    out = tmp_path / "ddp"
     out.mkdir()
     (tmp_path / "driver.py").write_text(DRIVER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, str(tmp_path / "driver.py"), str(out), str(ROOT / "recipes" / "gpt_pretrain.py"),
-           "--out", str(out), "--max-steps", "100000", "--device", "cpu", "--devices", "2", "--strategy", "ddp",
-           f"data={data}", *ARGS, "time_budget_s=3"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    cmd = [sys.executable, str(tmp_path / "driver.py"), str(out), str(ROOT / "recipes" / f"{recipe}.py"),
+           "--out", str(out), "--max-steps", "100000", "--device", "cpu", "--devices", "2", "--strategy", "ddp", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     assert 0 < r0["step"] == r1["step"] < 100000
     assert r0["lr"] == r1["lr"]
-    for k, v in r0["weights"].items():
-        assert torch.equal(v, r1["weights"][k]), k
+    for part in ("weights", "ema"):
+        assert (r0[part] is None) == (r1[part] is None)
+        for k, v in (r0[part] or {}).items():
+            assert torch.equal(v, r1[part][k]), (part, k)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == r0["step"] and metrics["world_size"] == 2
+    assert metrics["steps"] == r0["step"]
+    return r0, r1, metrics
+
+
+def test_ddp_ranks_stop_together_with_identical_weights_under_a_time_budget(tmp_path):
+    data = tmp_path / "data"
+    build_token_files(TEXT, data, "char")
+    _, _, metrics = ddp_budget_run(tmp_path, "gpt_pretrain", [f"data={data}", *ARGS, "time_budget_s=3"])
+    assert metrics["world_size"] == 2
 
 
 @pytest.mark.slow
