@@ -98,7 +98,8 @@ def build_contenders(args) -> tuple[dict, dict, dict, tuple]:
 
 
 def time_training(args, losses, models, batch) -> dict:
-    initial = {k: float(f(*batch)) for k, f in losses.items()}  # the same weights must give the same loss
+    with torch.no_grad():  # the same weights must give the same loss
+        initial = {k: float(f(*batch)) for k, f in losses.items()}
     steps = {k: fused_step(f, models[k].parameters()) for k, f in losses.items()}
     for step in steps.values():  # warm-up
         step(*batch)
