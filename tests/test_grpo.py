@@ -278,3 +278,23 @@ def test_lora_policy_samples_with_its_adapters_and_merges_to_a_plain_folder(tmp_
     plain.save_pretrained(tmp_path / "merged")
     loaded = mmfm.build_model(tmp_path / "merged").eval()
     assert torch.allclose(loaded(ids), want_logits, atol=1e-5) and loaded.tokenizer is not None
+
+
+def test_comparison_table_reads_the_pipeline_and_grpo_runs(tmp_path):
+    from mmfm.align.compare import main as compare
+
+    run = tmp_path / "align"
+    conf = {s: {"greedy": g, "sampled_t1": g / 2} for s, g in (("sft", 0.5), ("ppo", 0.7), ("dpo", 0.6))}
+    (run / "ppo").mkdir(parents=True)
+    (run / "confirm.json").write_text(json.dumps(conf))
+    (run / "align_all.log").write_text("align_all: recipes/ppo.py done in 347 s (total 9 s)\n")
+    for s in ("sft", "ppo", "dpo"):
+        (run / s).mkdir(exist_ok=True)
+        (run / s / "metrics.json").write_text(json.dumps({"heldout/accuracy": 0.5, "wall_s": 10.0, "kl_to_sft": 1.0}))
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "metrics.json").write_text(json.dumps({
+        "loss": "dapo", "steps": 80, "confirm/greedy": 0.9, "confirm/sampled": 0.8, "format_rate": 1.0,
+        "kl_to_sft": 0.5, "mean_len": 25.0, "heldout/accuracy": 0.85, "wall_s": 300.0}))
+    lines = compare([str(run), str(tmp_path / "g")]).splitlines()
+    assert lines[3].startswith("| ppo | 70.0 | 35.0 |") and "(stage 347)" in lines[3]
+    assert lines[5] == "| grpo.py loss=dapo (80 steps) | 90.0 | 80.0 | 100.0 | 0.50 | 25.0 | 85.0 | 300 |"
