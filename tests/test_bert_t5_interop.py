@@ -83,7 +83,13 @@ def test_t5_both_ways(tie, tmp_path):
         for t5 in (from_hf_t5(hf).eval(), from_hf_t5(tmp_path).eval()):
             assert t5.config.scale_output == tie
             assert (t5(ids, dec, mask) - ref).abs().max() < 1e-4
-        assert (to_hf_t5(t5)(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits - ref).abs().max() < 1e-4
+        # back to transformers: the round trip gives the original weights (the query's sqrt(d_kv) scale is undone to
+        # float rounding); logits are compared in the other direction above and in test_mmfm_t5_to_hf_untied_head
+        # (two fp32 implementations in a row drift to ~2e-4 on these logits of size ~14, thread count dependent)
+        back, orig = to_hf_t5(t5).state_dict(), hf.state_dict()
+        assert back.keys() == orig.keys()
+        for k in orig:
+            torch.testing.assert_close(back[k], orig[k], rtol=1e-6, atol=1e-6, msg=k)
 
 
 def test_mmfm_t5_to_hf_untied_head():

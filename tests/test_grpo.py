@@ -226,12 +226,12 @@ def test_grpo_recipe_on_user_prompts_with_a_user_reward(tmp_path, recipes_on_pat
 
     tok = build_tokenizer()
     tiny_gpt(tok).save_pretrained(tmp_path / "sft")
-    (tmp_path / "my_rewards.py").write_text(
+    (tmp_path / "grpo_user_rewards.py").write_text(
         "def short(prompts, completions, answer, **_):\n"
         "    return [float(len(c) < 6) + float(c.strip() == str(a)) for c, a in zip(completions, answer)]\n")
     monkeypatch.chdir(tmp_path)
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"What is {i}+1?", "answer": i + 1} for i in range(12)])
-    out = grpo.main(["--init", str(tmp_path / "sft"), "--data", str(data), "reward=my_rewards:short",
+    out = grpo.main(["--init", str(tmp_path / "sft"), "--data", str(data), "reward=grpo_user_rewards:short",
                      "--out", str(tmp_path / "run"), "--max-steps", "2", "prompts_per_step=2", "group=3",
                      "minibatch=6", "max_new=6", "loss=grpo", "lora_rank=4"])
     assert out["steps"] == 2 and out["loss"] == "grpo" and out["scale_rewards"] == "group"
