@@ -10,7 +10,7 @@ import mmfm
 from mmfm.cli import main
 from mmfm.serve.testing import tiny_clip, tiny_gpt
 
-ort = pytest.importorskip("onnxruntime")
+import onnxruntime as ort
 
 
 def run(path, x):

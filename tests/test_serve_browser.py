@@ -12,7 +12,7 @@ from PIL import Image
 from mmfm.serve import create_app, load_services
 from mmfm.serve.testing import RunningServer, tiny_folders
 
-webdriver = pytest.importorskip("selenium.webdriver")  # in the dev extra
+from selenium import webdriver  # in the dev extra
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs a headless browser: "

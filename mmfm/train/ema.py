@@ -57,7 +57,8 @@ class EMA(L.Callback):
     def update(self, model: torch.nn.Module) -> None:
         d = self.current_decay()
         ema_p = [p for p in self.model.parameters()]
-        new_p = [p.detach().to(e.dtype) for p, e in zip(model.parameters(), ema_p)]
+        full = (p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters())  # FSDP2: all-gather
+        new_p = [p.detach().to(e.device, e.dtype) for p, e in zip(full, ema_p)]
         torch._foreach_lerp_(ema_p, new_p, 1.0 - d)  # e = d * e + (1 - d) * p
         for e, b in zip(self.model.buffers(), model.buffers()):
             e.copy_(b)

@@ -29,9 +29,10 @@ import copy
 import logging
 import weakref
 
-import lightning as L
 import torch
 import torch.nn as nn
+
+from .ema import EMA
 
 log = logging.getLogger(__name__)
 
@@ -214,51 +215,17 @@ def full_weights(module: nn.Module):
             m.set_reshard_after_forward(m is not module, recurse=False)  # FSDP2: the root unit stays gathered
 
 
-class GatheredEMA(L.Callback):
-    """Exponential moving average of a task's (sharded) `model` for `--strategy fsdp`: a full, unsharded copy
-    on every rank (`ema.model`, usable by rank 0 alone: sample grids, the final evaluation), updated after every
-    optimizer step from the all-gathered parameters with decay_t = min(decay, (1 + n) / (10 + n)) when `warmup`.
-    Same checkpoint state as mmfm.train.ema.EMA (updates, decay, the full EMA weights). An FSDP2 module cannot
-    be deep-copied, which is how EMA callbacks start their copy."""
+class GatheredEMA(EMA):
+    """mmfm.train.ema.EMA for `--strategy fsdp`: a full, unsharded copy of the task's (sharded) `model` on every
+    rank (`ema.model`, usable by rank 0 alone: sample grids, the final evaluation), started from the gathered
+    weights (an FSDP2 module cannot be deep-copied, which is how EMA starts its copy) and updated by EMA.update from
+    the all-gathered parameters; same decay, warm-up and checkpoint state as EMA."""
 
-    def __init__(self, decay: float = 0.999, attr: str = "model", warmup: bool = True):
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
-        self.decay, self.attr, self.warmup = decay, attr, warmup
-        self.model: nn.Module | None = None
-        self.updates, self._pending = 0, None
-
-    def current_decay(self) -> float:
-        return min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
-
-    def on_fit_start(self, trainer, pl_module):
+    def _ensure(self, pl_module) -> None:
         if self.model is None:  # a collective: every rank starts its copy from the full weights
-            self.model = gathered(getattr(pl_module, self.attr), everywhere=True)
-            if self.model is getattr(pl_module, self.attr):
-                self.model = copy.deepcopy(self.model)
-            self.model.eval().requires_grad_(False)
-        if self._pending is not None:
-            self.model.load_state_dict(self._pending)
-            self._pending = None
-
-    @torch.no_grad()
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in getattr(pl_module, self.attr).parameters()]
-        ema = list(self.model.parameters())
-        new = [p.detach().to(e.device, e.dtype) for p, e in zip(full, ema)]
-        torch._foreach_lerp_(ema, new, 1.0 - self.current_decay())  # e = d * e + (1 - d) * p
-        for e, b in zip(self.model.buffers(), getattr(pl_module, self.attr).buffers()):
-            e.copy_(b)
-        self.updates += 1
-
-    def state_dict(self):
-        return {"updates": self.updates, "decay": self.decay,
-                "model": None if self.model is None else self.model.state_dict()}
-
-    def load_state_dict(self, state):
-        self.updates, self.decay = state["updates"], state["decay"]
-        if state["model"] is not None:
-            if self.model is None:
-                self._pending = state["model"]
-            else:
-                self.model.load_state_dict(state["model"])
+            src = getattr(pl_module, self.attr)
+            full = gathered(src, everywhere=True)
+            self.model = (copy.deepcopy(full) if full is src else full).eval().requires_grad_(False)
+            if self._pending_state is not None:
+                self.model.load_state_dict(self._pending_state)
+                self._pending_state = None
