@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -45,15 +46,13 @@ import mmfm
 from mmfm.adapt.lora import add_lora, merge_lora
 from mmfm.align.builtin import write_prompts
 from mmfm.align.chat import pad_right, stop_ids
-from mmfm.align.confirm import confirm_problems
+from mmfm.align.compare import confirm_metrics
 from mmfm.align.formats import add_data_args, read_prompts
 from mmfm.align.grpo import GRPOConfig, GRPOTask
 from mmfm.align.ppo import Prompts
-from mmfm.align.rewards import format_reward, load_rewards
-from mmfm.align.rollout import eval_prompts, evaluate, generate_texts, kl_to_reference, task_metrics
+from mmfm.align.rewards import load_rewards
 from mmfm.align.run import builtin_only, fit, splits, train_loader
 from mmfm.align.sampling import sample_groups
-from mmfm.align.splits import heldout_problems
 from mmfm.config import ConfigError, opt
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 
@@ -108,23 +107,6 @@ def heldout_reward(task: GRPOTask, rows: list[dict], batch_size: int = 128) -> d
     return {k: v / max(len(rows), 1) for k, v in sums.items()}
 
 
-def builtin_metrics(policy, reference, tok, n_eval: int) -> dict:
-    """The arithmetic task: the 808 confirmation problems (greedy and T=1 accuracy, format rate, mean length), the
-    400 tuning problems (heldout), and the KL to the SFT model."""
-    problems = confirm_problems()
-    prompts = eval_prompts(problems)
-    greedy = generate_texts(policy, tok, prompts)
-    sampled = generate_texts(policy, tok, prompts, temperature=1.0, generator=torch.Generator(
-        next(policy.parameters()).device).manual_seed(0))
-    tuning = heldout_problems("eval", n_eval)
-    return {"confirm/greedy": task_metrics(problems, greedy)["accuracy"],
-            "confirm/sampled": task_metrics(problems, sampled)["accuracy"],
-            "format_rate": sum(format_reward(prompts, greedy)) / len(greedy),
-            "mean_len": task_metrics(problems, greedy)["mean_len"], "confirm_n": len(problems),
-            "heldout": evaluate(policy, tok, tuning), "heldout_t1": evaluate(policy, tok, tuning, temperature=1.0),
-            "kl_to_sft": kl_to_reference(policy, reference, tok, tuning)}
-
-
 def main(argv=None):
     setup_logging()
     parser = recipe_parser(__doc__.splitlines()[0], "", 100, "runs/align/grpo")
@@ -156,19 +138,21 @@ def main(argv=None):
     budget = {"max_time": timedelta(seconds=run.max_train_s)} if run.max_train_s > 0 else {}
     trainer = make_trainer(steps, callbacks=[hist], limit_val_batches=0, log_every_n_steps=cfg.updates_per_step(),
                            ckpt_every=(args.ckpt_every or 20) * cfg.updates_per_step(), **budget)
+    fit_start = time.perf_counter()
     if not fit(trainer, task, args, train_loader(train, cfg.prompts_per_step, list, args.seed)):
         return {}
+    train_s = time.perf_counter() - fit_start
     reference.to(trainer.strategy.root_device)
     policy = task.policy = merge_lora(task.policy)  # a plain GPT again: the saved folder loads like any model
     out, history = Path(args.out), task.history
     (out / "history.json").write_text(json.dumps(history))
     metrics = {"loss": cfg.loss, "scale_rewards": cfg.scale(), "epsilon_high": cfg.eps_high(), "steps": len(history),
-               "data": sizes, "last_step": history[-1] if history else {},
+               "data": sizes, "last_step": history[-1] if history else {}, "train_s": round(train_s, 2),
                "rollout_tokens_per_s": sum(h["rollout_tokens"] for h in history) / max(sum(h["rollout_s"] for h in history), 1e-9)}
     if args.data and len(heldout):
         metrics["heldout_reward"] = heldout_reward(task, heldout.rows)
     if not args.data:  # its held-out prompts are the 400 tuning problems: scored as task accuracy
-        metrics.update(builtin_metrics(policy, reference, tok, run.n_eval))
+        metrics.update(confirm_metrics(policy, reference, tok, run.n_eval))
     return finish(args, policy, metrics, timer)
 
 

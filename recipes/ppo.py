@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,13 +76,16 @@ def main(argv=None):
     hist = LossHistory(args.out, prefixes=("train/reward", "train/kl"), title="align: PPO")
     trainer = make_trainer(steps, callbacks=[hist], limit_val_batches=0, log_every_n_steps=cfg.updates_per_step(),
                            ckpt_every=(args.ckpt_every or 20) * cfg.updates_per_step())
+    fit_start = time.perf_counter()
     if not fit(trainer, task, args, train_loader(train, cfg.prompts_per_step, list, args.seed)):
         return {}
+    train_s = time.perf_counter() - fit_start
     policy = task.policy  # under FSDP the gathered copy (mmfm.align.run.fit)
     out = Path(args.out)
     (out / "history.json").write_text(json.dumps(task.history))
     plot_ppo(task.history, out / "ppo.png")
-    metrics = {"last_step": task.history[-1] if task.history else {}, "steps": len(task.history), "data": sizes}
+    metrics = {"last_step": task.history[-1] if task.history else {}, "steps": len(task.history), "data": sizes,
+               "train_s": round(train_s, 2)}
     if len(heldout):
         metrics["heldout_reward"] = task.evaluate(heldout.rows)
         metrics["kl_to_reference"] = kl_to_reference(policy.gpt, reference, tok, [r["ids"] for r in heldout.rows])

@@ -291,10 +291,22 @@ def test_comparison_table_reads_the_pipeline_and_grpo_runs(tmp_path):
     for s in ("sft", "ppo", "dpo"):
         (run / s).mkdir(exist_ok=True)
         (run / s / "metrics.json").write_text(json.dumps({"heldout/accuracy": 0.5, "wall_s": 10.0, "kl_to_sft": 1.0}))
-    (tmp_path / "g").mkdir()
-    (tmp_path / "g" / "metrics.json").write_text(json.dumps({
-        "loss": "dapo", "steps": 80, "confirm/greedy": 0.9, "confirm/sampled": 0.8, "format_rate": 1.0,
-        "kl_to_sft": 0.5, "mean_len": 25.0, "heldout/accuracy": 0.85, "wall_s": 300.0}))
-    lines = compare([str(run), str(tmp_path / "g")]).splitlines()
-    assert lines[3].startswith("| ppo | 70.0 | 35.0 |") and "(stage 347)" in lines[3]
-    assert lines[5] == "| grpo.py loss=dapo (80 steps) | 90.0 | 80.0 | 100.0 | 0.50 | 25.0 | 85.0 | 300 |"
+    grpo = {"loss": "dapo", "steps": 80, "confirm/greedy": 0.9, "confirm/sampled": 0.8, "format_rate": 1.0,
+            "kl_to_sft": 0.5, "mean_len": 25.0, "heldout/accuracy": 0.85, "wall_s": 300.0, "train_s": 250.0}
+    for name, greedy in (("dapo", 0.9), ("dapo_seed1", 0.8), ("dapo_seed2", 0.85)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({**grpo, "confirm/greedy": greedy}))
+    (tmp_path / "ppo").mkdir()  # a PPO re-run: its metrics.json has no confirmation scores, --score wrote them apart
+    (tmp_path / "ppo" / "metrics.json").write_text(json.dumps({"steps": 120, "heldout/accuracy": 0.8, "wall_s": 330.0,
+                                                                "train_s": 310.5, "kl_to_sft": 9.9}))
+    (tmp_path / "ppo" / "confirm_metrics.json").write_text(json.dumps({
+        "confirm/greedy": 0.87, "confirm/sampled": 0.7, "format_rate": 0.99, "kl_to_sft": 2.0, "mean_len": 26.0,
+        "heldout/accuracy": 0.8}))
+    runs = [str(tmp_path / n) for n in ("ppo", "dapo", "dapo_seed1", "dapo_seed2")]
+    lines = compare([str(run), *runs]).splitlines()
+    assert lines[3].startswith("| ppo (align) | 70.0 | 35.0 |") and "(stage 347)" in lines[3]
+    assert lines[5] == "| ppo.py (ppo) | 87.0 | 70.0 | 99.0 | 2.00 | 26.0 | 80.0 | 120 | 310 | 330 |"
+    assert lines[6] == "| grpo.py loss=dapo (dapo) | 90.0 | 80.0 | 100.0 | 0.50 | 25.0 | 85.0 | 80 | 250 | 300 |"
+    # three seeds of dapo: mean 85.0, sample std 5.0; PPO's single run makes no seed row
+    assert lines[-1] == ("| grpo.py loss=dapo (dapo) | 3 | 85.0 ± 5.0 [80.0, 90.0] | 80.0 ± 0.0 [80.0, 80.0] | "
+                         "85.0 ± 0.0 [85.0, 85.0] | 0.50 ± 0.00 [0.50, 0.50] |")
