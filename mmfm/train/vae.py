@@ -74,13 +74,18 @@ def reconstruct(vae, images: torch.Tensor, batch_size: int = 250) -> torch.Tenso
     return torch.cat(out)
 
 
-def reconstruction_metrics(vae, images: torch.Tensor) -> dict:
-    """PSNR (dB) and SSIM of the reconstructions of `images` ([-1, 1]) on a [0, 1] scale (torchmetrics)."""
+def reconstruction_metrics(vae, images: torch.Tensor, crop: int | None = None) -> dict:
+    """PSNR (dB) and SSIM of the reconstructions of `images` ([-1, 1]) on a [0, 1] scale (torchmetrics); with
+    `crop`, both are measured on the centre crop x crop window only (the content of padded images)."""
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    from ..diffusion.latent import crop_to
 
     was = vae.training
     rec = (reconstruct(vae.eval(), images) + 1) / 2
     vae.train(was)
     real = (images.float() + 1) / 2
+    if crop is not None:
+        rec, real = crop_to(rec, crop), crop_to(real, crop)
     return {"psnr": float(peak_signal_noise_ratio(rec, real, data_range=1.0)),
             "ssim": float(structural_similarity_index_measure(rec, real, data_range=1.0))}

@@ -1,0 +1,86 @@
+"""Diffusion on the latents of a VAE (diffusers AutoencoderKL, as mmfm.models.vae builds and recipes/vae_train.py
+trains): images are padded to the VAE's sample size, encoded once to scaled latents, the DiT learns those, and
+samples are decoded and cropped back to the data's size before the grid and the judge.
+
+    codec = LatentCodec.from_folder("runs/vae/model", image_size=28)
+    z = codec.encode(images)          # (N, 1, 28, 28) in [-1, 1] -> (N, 4, 8, 8), about unit variance
+    x = codec.decode(z)               # (N, 4, 8, 8) -> (N, 1, 28, 28) in [-1, 1]
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+
+def pad_to(images: torch.Tensor, size: int, value: float = -1.0) -> torch.Tensor:
+    """Pad (B, C, H, W) images evenly on every side to size x size with `value` (-1 = background)."""
+    h, w = images.shape[-2:]
+    if h > size or w > size:
+        raise ValueError(f"cannot pad {h}x{w} images to {size}x{size}: size must be at least the image size")
+    top, left = (size - h) // 2, (size - w) // 2
+    return F.pad(images, (left, size - w - left, top, size - h - top), value=value)  # (B, C, size, size)
+
+
+def crop_to(images: torch.Tensor, h: int, w: int | None = None) -> torch.Tensor:
+    """The centre h x w window of (B, C, H, W) images: the inverse of pad_to."""
+    w = h if w is None else w
+    top, left = (images.shape[-2] - h) // 2, (images.shape[-1] - w) // 2
+    return images[..., top:top + h, left:left + w]  # (B, C, h, w)
+
+
+class LatentCodec:
+    """Images <-> scaled VAE latents. encode uses the posterior mean (deterministic, as for cached latents) times
+    `scale`; scale = 1 / std of the training latents when not given (latent diffusion's scale_factor)."""
+
+    def __init__(self, vae, image_size: int, scale: float | None = None, batch_size: int = 250):
+        self.vae = vae.eval().requires_grad_(False)
+        self.image_size, self.pad_size, self.batch_size = image_size, vae.config.sample_size, batch_size
+        self.scale = scale
+        if image_size > self.pad_size:
+            raise ValueError(f"vae: images are {image_size} px but the VAE was trained at {self.pad_size} px")
+
+    @classmethod
+    def from_folder(cls, path: str | Path, image_size: int, scale: float | None = None) -> "LatentCodec":
+        from diffusers import AutoencoderKL
+
+        if not (Path(path) / "config.json").is_file():
+            raise FileNotFoundError(f"vae={path}: no saved VAE there (config.json missing); train one with "
+                                    "`python recipes/vae_train.py --out DIR` and pass vae=DIR/model")
+        return cls(AutoencoderKL.from_pretrained(path), image_size, scale)
+
+    @property
+    def channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
+    def latent_size(self) -> int:
+        return self.pad_size // 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def to(self, device) -> "LatentCodec":
+        self.vae.to(device)
+        return self
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) in [-1, 1] -> (N, latent_channels, h, w) scaled latents on the CPU; fixes `scale` on first use."""
+        device = next(self.vae.parameters()).device
+        z = torch.cat([self.vae.encode(pad_to(x, self.pad_size).to(device)).latent_dist.mode().cpu()
+                       for x in images.split(self.batch_size)])
+        if self.scale is None:
+            self.scale = float(1.0 / z.std())
+            log.info("latent scale 1 / std = %.4f (from %d images)", self.scale, len(images))
+        return z * self.scale
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(N, latent_channels, h, w) scaled latents -> (N, C, image_size, image_size) in [-1, 1], on z's device."""
+        if self.scale is None:
+            raise RuntimeError("LatentCodec.decode before the latent scale is known: encode the training images first")
+        dev = next(self.vae.parameters()).device
+        out = [self.vae.decode((x / self.scale).to(dev)).sample.clamp(-1, 1).to(z.device) for x in z.split(self.batch_size)]
+        return crop_to(torch.cat(out), self.image_size)
