@@ -28,6 +28,7 @@ from mmfm.align.tasks import LMTask
 from mmfm.config import opt
 from mmfm.registry import read_config
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
+from mmfm.train.budget import time_limit
 
 log = logging.getLogger("align_pretrain")
 DEFAULT_PRESET = "gpt-test"
@@ -46,6 +47,7 @@ class PretrainConfig:
     weight_decay: float = opt(0.1, lo=0.0)
     warmup: int = opt(100, lo=0)
     n_eval: int = 400
+    max_minutes: float = opt(0.0, lo=0.0)  # >0: also stop training after this many minutes (rank 0's clock), whichever first
 
 
 def main(argv=None):
@@ -66,7 +68,7 @@ def main(argv=None):
     task = LMTask(model, train.lr, train.weight_decay, train.warmup, args.max_steps)
     hist = LossHistory(args.out, prefixes=("train/loss",), title="align: pretraining")
     timer = Timer()
-    trainer = make_trainer(args, callbacks=[hist], limit_val_batches=0)
+    trainer = make_trainer(args, callbacks=[hist], limit_val_batches=0, **time_limit(train.max_minutes))
     if not fit(trainer, task, args, loader):
         return {}
     model = task.model  # under FSDP the gathered copy (mmfm.align.run.fit)

@@ -39,6 +39,7 @@ from mmfm.align.splits import heldout_problems
 from mmfm.align.tasks import DPO_LOSSES, DPOTask
 from mmfm.config import opt
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
+from mmfm.train.budget import time_limit
 
 log = logging.getLogger("dpo")
 
@@ -54,6 +55,7 @@ class DPOConfig(PairConfig):  # the pair fields shape the built-in task's pairs 
     lr: float = opt(2e-5, gt=0.0)
     weight_decay: float = opt(0.0, lo=0.0)
     warmup: int = opt(10, lo=0)
+    max_minutes: float = opt(0.0, lo=0.0)  # >0: also stop training after this many minutes (rank 0's clock), whichever first
     n_eval: int = 400  # built-in task's pairs (records with a, op, b): held-out problems for accuracy and the KL
 
 
@@ -92,7 +94,8 @@ def main(argv=None):
     task = DPOTask(policy, ref_logps, cfg.beta, cfg.loss, cfg.lr, cfg.weight_decay, cfg.warmup, args.max_steps,
                    cfg.nll_alpha, cfg.label_smoothing)
     hist = LossHistory(args.out, prefixes=("train/loss", "train/reward_acc"), title=f"align: {cfg.loss.upper()}")
-    trainer = make_trainer(args, callbacks=[hist], limit_val_batches=0, log_every_n_steps=5)
+    trainer = make_trainer(args, callbacks=[hist], limit_val_batches=0, log_every_n_steps=5,
+                           **time_limit(cfg.max_minutes))
     if not fit(trainer, task, args, train_loader(pairs, cfg.batch_size, pair_collate(tok.pad_id), args.seed)):
         return {}
     policy = task.policy  # under FSDP the gathered copy (mmfm.align.run.fit)

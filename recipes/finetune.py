@@ -30,6 +30,7 @@ from mmfm.adapt.task import AdaptTask
 from mmfm.config import opt
 from mmfm.eval.classification import classification_metrics, confusion, plot_confusion
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
+from mmfm.train.budget import time_limit
 from mmfm.train.classify import predict
 from mmfm.train.recipe import checkpoint_to_resume, resolve_accelerator
 from mmfm.train.strategies import gathered
@@ -57,6 +58,7 @@ class FinetuneTrain:
     max_bad_fraction: float = opt(0.05, lo=0.0, hi=1.0)  # unreadable image files skipped and counted; past this: stop
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     progress: bool = True  # the progress bar (off for grids of runs)
+    max_minutes: float = opt(0.0, lo=0.0)  # >0: also stop training after this many minutes (rank 0's clock), whichever first
 
 
 def build_parser():
@@ -132,7 +134,8 @@ def fit(args, train: FinetuneTrain, module, data, title: str):
     val_loader = DataLoader(TensorDataset(*subset(data["val"], train.val_subset, args.seed)), batch_size=512)
     stop = EarlyStopping(monitor="val/loss", mode="min", patience=train.patience)
     trainer = make_trainer(args, callbacks=[LossHistory(args.out, title=title), stop], val_every=train.val_every,
-                           best_metric="val/loss", num_sanity_val_steps=0, enable_progress_bar=train.progress)
+                           best_metric="val/loss", num_sanity_val_steps=0, enable_progress_bar=train.progress,
+                           **time_limit(train.max_minutes))
     trainer.fit(module, loader, val_loader, ckpt_path=checkpoint_to_resume(args.resume))
     best = restore_best(trainer, module, val_loader)
     return trainer, stop.wait_count >= stop.patience, best

@@ -36,6 +36,7 @@ from mmfm.align.task import pair_kind
 from mmfm.align.tasks import RewardTask
 from mmfm.config import opt
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
+from mmfm.train.budget import time_limit
 
 log = logging.getLogger("reward_model")
 
@@ -48,6 +49,7 @@ class RMConfig(PairConfig):  # the pair fields shape the built-in task's pairs o
     weight_decay: float = opt(0.0, lo=0.0)
     warmup: int = opt(20, lo=0)
     val_every: int = opt(50, lo=1)
+    max_minutes: float = opt(0.0, lo=0.0)  # >0: also stop training after this many minutes (rank 0's clock), whichever first
 
 
 def pairwise_accuracy(rm, tok, examples: list[Example], pairs: Pairs) -> dict[str, float]:
@@ -87,7 +89,8 @@ def main(argv=None):
     log.info("%d train pairs, %d held-out pairs", len(train_pairs), len(val_pairs))
     hist = LossHistory(args.out, prefixes=("train/loss", "val/loss", "train/acc", "val/acc"), title="align: reward model")
     trainer = make_trainer(args, callbacks=[hist], val_every=min(cfg.val_every, len(loader)) if val else None,
-                           log_every_n_steps=10, num_sanity_val_steps=0, limit_val_batches=None if val else 0)
+                           log_every_n_steps=10, num_sanity_val_steps=0, limit_val_batches=None if val else 0,
+                           **time_limit(cfg.max_minutes))
     task = RewardTask(rm, cfg.lr, cfg.weight_decay, cfg.warmup, args.max_steps)
     if not fit(trainer, task, args, loader, val):
         return {}

@@ -27,6 +27,7 @@ from mmfm.align.splits import heldout_problems
 from mmfm.align.tasks import LMTask
 from mmfm.config import opt
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
+from mmfm.train.budget import time_limit
 
 log = logging.getLogger("sft")
 
@@ -40,6 +41,7 @@ class SFTConfig:
     lr: float = opt(1e-3, gt=0.0)
     weight_decay: float = opt(0.0, lo=0.0)
     warmup: int = opt(10, lo=0)
+    max_minutes: float = opt(0.0, lo=0.0)  # >0: also stop training after this many minutes (rank 0's clock), whichever first
 
 
 def main(argv=None):
@@ -58,7 +60,8 @@ def main(argv=None):
     task = LMTask(model, cfg.lr, cfg.weight_decay, cfg.warmup, args.max_steps)
     hist = LossHistory(args.out, prefixes=("train/loss",), title="align: SFT")
     timer = Timer()
-    trainer = make_trainer(args, callbacks=[hist], limit_val_batches=0, log_every_n_steps=5)
+    trainer = make_trainer(args, callbacks=[hist], limit_val_batches=0, log_every_n_steps=5,
+                           **time_limit(cfg.max_minutes))
     if not fit(trainer, task, args, train_loader(train, cfg.batch_size, chat_collate(tok.pad_id), args.seed)):
         return {}
     model = task.model  # under FSDP the gathered copy (mmfm.align.run.fit)

@@ -3,10 +3,14 @@ stop at the same step and read the same schedule progress; saved in checkpoints 
 rest of its budget."""
 from __future__ import annotations
 
+import math
 import time
+from datetime import timedelta
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
+
+from ..config import ConfigError
 
 
 def _clock(seconds: float) -> str:
@@ -72,6 +76,17 @@ class BudgetClock(L.Callback):
     def load_state_dict(self, state: dict) -> None:
         self.train_s, self.val_s = float(state["train_s"]), float(state["val_s"])
         self._base = self.train_s
+
+
+def time_limit(minutes: float) -> dict:
+    """Trainer keyword arguments for a wall-clock budget of `minutes` (0: none), for recipes whose schedule is
+    driven by steps: Lightning's Timer (`max_time`), which checks rank 0's clock after every step and broadcasts
+    its decision, so every rank stops at the same step, and which saves its elapsed time in checkpoints, so a
+    resumed run gets only the rest of its budget. Its time includes validation inside fit."""
+    if minutes is None or isinstance(minutes, bool) or not isinstance(minutes, (int, float)) \
+            or not math.isfinite(minutes) or minutes < 0:
+        raise ConfigError(f"max_minutes must be a finite number >= 0 (0: no time budget), got {minutes!r}")
+    return {"max_time": timedelta(minutes=minutes)} if minutes > 0 else {}
 
 
 def find_clock(trainer) -> BudgetClock | None:
