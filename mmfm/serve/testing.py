@@ -91,3 +91,44 @@ class RunningServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+def headless_chromium(width: int = 1100, height: int = 900):
+    """A selenium Chrome driver on Debian's headless chromium + chromium-driver (apt-get install -y chromium
+    chromium-driver); raises RuntimeError naming the install line when they are missing."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (binary and driver):
+        raise RuntimeError("needs a headless browser: apt-get update && apt-get install -y chromium chromium-driver")
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                f"--window-size={width},{height}"):
+        opts.add_argument(arg)
+    opts.binary_location = binary
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def wait_for(driver, cond, timeout: float = 60):
+    """Wait until `cond(driver)` is truthy (selenium's WebDriverWait); returns its value."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(lambda d: cond(d))
+
+
+def choose_model(driver, model_id: str, n_models: int) -> None:
+    """Pick `model_id` in the page's model menu once all `n_models` are listed."""
+    from selenium.webdriver.support.ui import Select
+
+    wait_for(driver, lambda d: len(d.find_elements("css selector", "#model option")) == n_models)
+    Select(driver.find_element("id", "model")).select_by_value(model_id)
+
+
+def fill(driver, element_id: str, value) -> None:
+    box = driver.find_element("id", element_id)
+    box.clear()
+    box.send_keys(str(value))
