@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 import mmfm
-from mmfm.adapt.lora import add_lora, merge_lora
+from mmfm.adapt.lora import lora_or_full, merge_lora
 from mmfm.align.builtin import write_prompts
 from mmfm.align.chat import pad_right, stop_ids
 from mmfm.align.compare import confirm_metrics
@@ -129,9 +129,7 @@ def main(argv=None):
     train, heldout, sizes = splits(args, lambda folder: write_prompts(folder, run.n_pool, run.n_eval, args.seed),
                                    read_prompts, run.val_fraction)
     train, heldout = (Prompts(tok, d, policy.config.block_size) for d in (train, heldout))
-    if "lora_alpha" in args.overrides and not run.lora_rank:
-        raise ConfigError("lora_alpha scales LoRA adapters; set lora_rank > 0 too")
-    trained = add_lora(policy, run.lora_rank, run.lora_alpha, trainable=()) if run.lora_rank else policy
+    trained = lora_or_full(policy, run.lora_rank, run.lora_alpha, "lora_alpha" in args.overrides)
     task = GRPOTask(trained, rewards, tok, cfg, reference if cfg.beta > 0 else None)
     steps = argparse.Namespace(**{**vars(args), "max_steps": args.max_steps * cfg.updates_per_step(), "ckpt_every": None})
     hist = LossHistory(args.out, prefixes=("train/reward", "train/loss"), title=f"align: {cfg.loss.upper()}")

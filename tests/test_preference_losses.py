@@ -220,3 +220,87 @@ def test_dpo_recipe_refuses_label_smoothing_without_robust(tmp_path):
         dpo.main(["--out", str(tmp_path), "loss=ipo", "label_smoothing=0.1"])
     with pytest.raises(ConfigError, match="loss"):
         dpo.main(["--out", str(tmp_path), "loss=kto2"])
+
+
+def _tiny_policy(tok, seed=0):
+    import mmfm
+
+    torch.manual_seed(seed)
+    return mmfm.build_model("gpt-test", vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32, block_size=64)
+
+
+def test_reference_logprobs_cached_to_disk_equal_fresh_ones(tmp_path):
+    """The first call computes and writes the file; a second with the same weights and rows loads it (the compute
+    is not called) with exactly the fresh values; changed weights or changed rows give another file."""
+    from mmfm.align.chat import build_tokenizer
+    from mmfm.align.refcache import cached_logprobs
+    from mmfm.align.rollout import rows_logprobs
+
+    tok = build_tokenizer()
+    ref = _tiny_policy(tok).eval()
+    batch = _pair_batch(tok)
+    rows = [(i.tolist(), m.long().tolist()) for i, m in zip(batch["chosen"]["ids"], batch["chosen"]["loss_mask"])]
+    calls = []
+
+    def compute(model=ref, rows=rows):
+        calls.append(1)
+        return rows_logprobs(model, rows, tok.pad_id)
+
+    fresh = rows_logprobs(ref, rows, tok.pad_id)
+    first = cached_logprobs(ref, rows, compute, tmp_path, {"pad": tok.pad_id})
+    again = cached_logprobs(ref, rows, compute, tmp_path, {"pad": tok.pad_id})
+    assert len(calls) == 1 and len(list(tmp_path.glob("ref_logps-*.pt"))) == 1
+    assert torch.equal(first, fresh) and torch.equal(again, fresh)
+    with torch.no_grad():
+        next(ref.parameters())[0, 0] += 1.0  # another reference: recomputed, a second file
+    other = cached_logprobs(ref, rows, compute, tmp_path, {"pad": tok.pad_id})
+    assert len(calls) == 2 and len(list(tmp_path.glob("ref_logps-*.pt"))) == 2
+    assert torch.equal(other, rows_logprobs(ref, rows, tok.pad_id)) and not torch.equal(other, fresh)
+    cached_logprobs(ref, rows[:2], lambda: compute(rows=rows[:2]), tmp_path, {"pad": tok.pad_id})  # other data
+    assert len(calls) == 3 and not list(tmp_path.glob("*.tmp*"))
+
+
+def _write_jsonl(path, records):
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_unpaired_data_kl_rows_and_kto_task(tmp_path):
+    """TRL's unpaired shape is read (a non-boolean label is an error naming the line), pairs unpair into a desirable
+    and an undesirable response, each KL row pairs the prompt with another prompt's response, and KTOTask's loss
+    at the reference is w (1 - sigmoid(0)) = w / 2 per response and falls when trained on the batch."""
+    from mmfm.align.chat import build_tokenizer
+    from mmfm.align.kto import KTOTask, Unpaired, read_unpaired, unpair, unpaired_collate
+    from mmfm.align.rollout import rows_logprobs
+    from mmfm.data.formats import DataFormatError
+
+    tok = build_tokenizer()
+    recs = [{"prompt": f"What is {i}+{i}?", "completion": f"{2 * i + (i % 2)}", "label": i % 2 == 0} for i in range(6)]
+    responses = read_unpaired(_write_jsonl(tmp_path / "u.jsonl", recs))
+    assert [r.desirable for r in responses] == [True, False] * 3 and responses[1].completion[0].content == "3"
+    with pytest.raises(DataFormatError, match=r"u2.jsonl:2.*label"):
+        read_unpaired(_write_jsonl(tmp_path / "u2.jsonl", [recs[0], {**recs[1], "label": "no"}]))
+    with pytest.raises(DataFormatError, match="unpaired preference"):
+        read_unpaired(_write_jsonl(tmp_path / "u3.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}]))
+    from mmfm.align.formats import read_preferences
+
+    pairs = read_preferences(_write_jsonl(tmp_path / "p.jsonl", [{"prompt": "1+1?", "chosen": "2", "rejected": "3"}]))
+    assert [(r.completion[0].content, r.desirable) for r in unpair(pairs)] == [("2", True), ("3", False)]
+    data = Unpaired(tok, responses, seed=0)
+    for i, ((ids, mask), (kl_ids, kl_mask)) in enumerate(data.rows):  # same prompt, another record's response
+        prompt_len = mask.index(1)
+        assert kl_ids[:prompt_len] == ids[:prompt_len] and kl_ids[prompt_len:] != ids[prompt_len:]
+    policy = _tiny_policy(tok)
+    ref = torch.stack([rows_logprobs(policy, [r[k] for r in data.rows], tok.pad_id) for k in (0, 1)], 1).detach()
+    batch = unpaired_collate(tok.pad_id)([data[i] for i in range(len(data))])
+    task = KTOTask(policy, ref, beta=0.5, desirable_weight=1.0, undesirable_weight=2.0)
+    loss = task.training_step(batch, 0)
+    assert loss.item() == pytest.approx((3 * 0.5 + 3 * 1.0) / 6, abs=1e-6)
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    for _ in range(5):
+        opt.zero_grad()
+        task.training_step(batch, 0).backward()
+        opt.step()
+    assert task.training_step(batch, 0).item() < loss.item() - 0.01

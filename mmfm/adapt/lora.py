@@ -21,6 +21,16 @@ def add_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: floa
     return peft_model
 
 
+def lora_or_full(model: nn.Module, rank: int, alpha: float, alpha_given: bool = False) -> nn.Module:
+    """A recipe's `lora_rank=` / `lora_alpha=`: LoRA adapters on every Linear of the stack with the base weights
+    frozen (rank > 0), or the model as it is (rank 0); alpha given without a rank is an error (it would be ignored)."""
+    if alpha_given and not rank:
+        from ..config import ConfigError
+
+        raise ConfigError("lora_alpha scales LoRA adapters; set lora_rank > 0 too")
+    return add_lora(model, rank, alpha, trainable=()) if rank else model
+
+
 def is_lora(model: nn.Module) -> bool:
     from peft import PeftModel
 

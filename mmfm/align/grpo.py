@@ -26,7 +26,7 @@ from ..config import ConfigError, opt
 from ..losses.policy import GROUP_LOSSES, SCALES, group_advantages, group_policy_loss, sampling_logprobs
 from ..train.optim import build_optimizer
 from .chat import pad_right, stop_ids
-from .ppo import PPOTask
+from .ppo import PPOTask, minibatch_steps, response_width
 from .rewards import RewardTerm
 from .sampling import sample_groups
 
@@ -141,29 +141,19 @@ class GRPOTask(L.LightningModule):
         return {"ids": ids, "act": act, "logp": old, "adv": adv, "ref": ref, "stats": stats}
 
     def update(self, roll: dict) -> dict[str, float]:
-        cfg, n, opt = self.cfg, len(roll["ids"]), self.optimizers()
-        self.policy.train()
-        splits = math.ceil(n / cfg.minibatch)
-        n_tokens = float(roll["act"].sum()) / splits  # DAPO: the rollout batch's tokens per optimizer step
-        out, count = {}, 0
-        for _ in range(cfg.epochs):
-            for idx in torch.randperm(n, device=roll["ids"].device).split(cfg.minibatch):
-                act = roll["act"][idx]
-                width = int(act.nonzero()[:, 1].max()) + 2 if act.any() else 2  # drop all-padding columns
-                ids, act, cut = roll["ids"][idx, :width], act[:, :width - 1], slice(0, width - 1)
-                logp = self._logprobs(self.policy(ids), ids)
-                ref = roll["ref"][idx, cut] if roll["ref"] is not None and cfg.loss != "rloo" else None
-                loss, st = group_policy_loss(cfg.loss, logp, roll["logp"][idx, cut], roll["adv"][idx], act,
-                                             cfg.epsilon, cfg.eps_high(), ref, cfg.beta if ref is not None else 0.0,
-                                             n_tokens, cfg.max_new)
-                opt.zero_grad(set_to_none=True)
-                self.manual_backward(loss)
-                self.clip_gradients(opt, gradient_clip_val=cfg.grad_clip, gradient_clip_algorithm="norm")
-                opt.step()
-                for k, v in (("loss", loss), *st.items()):
-                    out[k] = out.get(k, 0.0) + float(v.detach())
-                count += 1
-        return {k: v / count for k, v in out.items()}
+        cfg = self.cfg
+        n_tokens = float(roll["act"].sum()) / math.ceil(len(roll["ids"]) / cfg.minibatch)  # DAPO: per optimizer step
+
+        def loss(idx):
+            act = roll["act"][idx]
+            width = response_width(act)
+            ids, act, cut = roll["ids"][idx, :width], act[:, :width - 1], slice(0, width - 1)
+            logp = self._logprobs(self.policy(ids), ids)
+            ref = roll["ref"][idx, cut] if roll["ref"] is not None and cfg.loss != "rloo" else None
+            return group_policy_loss(cfg.loss, logp, roll["logp"][idx, cut], roll["adv"][idx], act, cfg.epsilon,
+                                     cfg.eps_high(), ref, cfg.beta if ref is not None else 0.0, n_tokens, cfg.max_new)
+
+        return minibatch_steps(self, len(roll["ids"]), loss)
 
     def training_step(self, batch: list[dict], _):
         roll = self.rollout(batch)

@@ -69,6 +69,32 @@ def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
+def response_width(act: torch.Tensor) -> int:
+    """Columns of a right-padded (B, T) minibatch that hold its responses, from its (B, T-1) action mask: the
+    all-padding columns at the end can be dropped."""
+    return int(act.nonzero()[:, 1].max()) + 2 if act.any() else 2
+
+
+def minibatch_steps(task: L.LightningModule, n: int, loss_fn) -> dict[str, float]:
+    """The update of PPO and GRPO: `task.cfg.epochs` passes over a rollout batch of n rows in shuffled minibatches of
+    `cfg.minibatch`, one gradient-clipped optimizer step on `loss_fn(idx) -> (loss, {name: value})` each; returns
+    the mean of the loss and of every value over the steps."""
+    cfg, opt = task.cfg, task.optimizers()
+    task.policy.train()
+    out, count = {}, 0
+    for _ in range(cfg.epochs):
+        for idx in torch.randperm(n, device=task.score_norm.device).split(cfg.minibatch):
+            loss, stats = loss_fn(idx)
+            opt.zero_grad(set_to_none=True)
+            task.manual_backward(loss)
+            task.clip_gradients(opt, gradient_clip_val=cfg.grad_clip, gradient_clip_algorithm="norm")
+            opt.step()
+            for k, v in (("loss", loss), *stats.items()):
+                out[k] = out.get(k, 0.0) + float(v.detach())
+            count += 1
+    return {k: v / count for k, v in out.items()}
+
+
 class PPOTask(ShardedTask, L.LightningModule):
     """Under --strategy fsdp the policy (with its value head) is sharded, the frozen reference and reward models
     are replicated, and rollouts sample with the policy's full weights held (ranks stop sampling at different
@@ -137,27 +163,19 @@ class PPOTask(ShardedTask, L.LightningModule):
         return token_logprobs(logits / self.cfg.temperature, ids)
 
     def update(self, batch: dict) -> dict[str, float]:
-        cfg, n, opt = self.cfg, len(batch["ids"]), self.optimizers()
-        self.policy.train()
-        out, count = {"pg_loss": 0.0, "vf_loss": 0.0, "clipfrac": 0.0, "approx_kl": 0.0}, 0
-        for _ in range(cfg.epochs):
-            for idx in torch.randperm(n, device=batch["ids"].device).split(cfg.minibatch):
-                ids, act = batch["ids"][idx], batch["act"][idx]
-                width = int(act.nonzero()[:, 1].max()) + 2  # drop all-padding columns at the end
-                logits, values = self.policy(ids[:, :width])
-                logp = self._logprobs(logits, ids[:, :width])
-                act, cut = act[:, : width - 1], slice(0, width - 1)
-                pg, st = ppo_policy_loss(logp, batch["logp"][idx, cut], batch["adv"][idx, cut], act, cfg.clip)
-                vf = ppo_value_loss(values[:, :-1], batch["values"][idx, cut], batch["returns"][idx, cut], act,
-                                    cfg.vf_clip)
-                opt.zero_grad(set_to_none=True)
-                self.manual_backward(pg + cfg.vf_coef * vf)
-                self.clip_gradients(opt, gradient_clip_val=cfg.grad_clip, gradient_clip_algorithm="norm")
-                opt.step()
-                for k, v in (("pg_loss", pg), ("vf_loss", vf), *st.items()):
-                    out[k] += float(v.detach())
-                count += 1
-        return {k: v / count for k, v in out.items()}
+        cfg = self.cfg
+
+        def loss(idx):
+            ids, act = batch["ids"][idx], batch["act"][idx]
+            width = response_width(act)
+            logits, values = self.policy(ids[:, :width])
+            logp = self._logprobs(logits, ids[:, :width])
+            act, cut = act[:, : width - 1], slice(0, width - 1)
+            pg, st = ppo_policy_loss(logp, batch["logp"][idx, cut], batch["adv"][idx, cut], act, cfg.clip)
+            vf = ppo_value_loss(values[:, :-1], batch["values"][idx, cut], batch["returns"][idx, cut], act, cfg.vf_clip)
+            return pg + cfg.vf_coef * vf, {"pg_loss": pg, "vf_loss": vf, **st}
+
+        return minibatch_steps(self, len(batch["ids"]), loss)
 
     def training_step(self, batch: list[dict], _):
         roll = self.rollout(batch)
