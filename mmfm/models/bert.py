@@ -153,4 +153,6 @@ def with_classifier(bert: BERT, num_labels: int) -> BERT:
 _BASE = BERTConfig()
 register_preset("bert-test", _BASE.replace(vocab_size=256, max_len=64, n_layer=2, n_head=2, n_embd=32, d_ff=64,
                                            dropout=0.0, mask_id=4))
+register_preset("bert-mini", _BASE.replace(vocab_size=4097, max_len=128, n_layer=4, n_head=4, n_embd=256, d_ff=1024,
+                                           dropout=0.0, post_norm=False, mask_id=4096))  # recipes: vocab from the data
 register_preset("bert-base", _BASE)  # bert-base-uncased: 12 x 768, 110M parameters

@@ -190,4 +190,6 @@ class T5(Model):
 _BASE = T5Config()
 register_preset("t5-test", _BASE.replace(vocab_size=256, n_embd=32, n_head=2, head_dim=16, d_ff=64, n_layer=2,
                                          n_decoder_layer=2, rel_buckets=8, rel_max_distance=20, dropout=0.0))
+register_preset("t5-mini", _BASE.replace(vocab_size=4096, n_embd=256, n_head=4, head_dim=64, d_ff=683, n_layer=4,
+                                         n_decoder_layer=2, dropout=0.0))  # recipes size vocab to the data
 register_preset("t5-small", _BASE)  # t5-v1_1-small: 8 + 8 layers, d_model 512, 6 heads of 64, d_ff 1024
