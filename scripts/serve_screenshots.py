@@ -15,8 +15,9 @@ from pathlib import Path
 
 def save_page(d, path: Path) -> None:
     """Screenshot of the whole page: the window is resized to the page's height first."""
-    height = d.execute_script("return document.documentElement.scrollHeight")
-    d.set_window_size(d.get_window_size()["width"], height + 140)  # + the browser's own bars
+    page, inner = d.execute_script("return [document.documentElement.scrollHeight, window.innerHeight]")
+    window = d.get_window_size()
+    d.set_window_size(window["width"], page + window["height"] - inner + 16)  # + the browser's own bars
     d.save_screenshot(str(path))
 
 
