@@ -80,11 +80,24 @@ def conditional_accuracy(classifier: nn.Module, images: torch.Tensor, labels: to
 
 
 def evaluate(model, scheduler, classifier, test, guidance_scale: float, steps: int = 20, seed: int = 0,
-             cond_fn=None, floors: dict | None = None, keep: dict | None = None) -> dict:
-    """For each dataset in `test` (a LabelledImages held-out split): generate as many images as half its
-    held-out set with the same class mix, then cond_accuracy/<ds>, fid/<ds> (vs one half) and fid_floor/<ds>
-    (half vs half). `floors` caches {ds: (floor, reference half)} across calls; `keep` (a dict), if given,
-    receives {ds: (generated images, their labels)}."""
+             cond_fn=None, floors: dict | None = None, keep: dict | None = None, decode=None) -> dict:
+    """`evaluate_samples` of a diffusion model: its guided samples for each label (see `generate`), passed
+    through `decode` when given (a latent model's VAE decoder, mmfm.diffusion.latent)."""
+
+    def make(labels):
+        fake = generate(model, scheduler, labels, guidance_scale, steps, seed=seed, cond_fn=cond_fn)
+        return fake if decode is None else decode(fake)
+
+    return evaluate_samples(make, classifier, test, seed, floors, keep, tag=f"guidance {guidance_scale:.2f}")
+
+
+def evaluate_samples(make, classifier, test, seed: int = 0, floors: dict | None = None, keep: dict | None = None,
+                     tag: str = "") -> dict:
+    """For each dataset in `test` (a LabelledImages held-out split): `make(labels)` generates as many images as
+    half its held-out set with the same class mix, then cond_accuracy/<ds>, fid/<ds> (vs one half) and
+    fid_floor/<ds> (half vs half). Any generator is scored alike: diffusion (`evaluate`) or a GAN. `floors`
+    caches {ds: (floor, reference half)} across calls; `keep` (a dict), if given, receives {ds: (generated
+    images, their labels)}."""
     features = ClassifierFeatures(classifier)
     floors = {} if floors is None else floors
     out = {}
@@ -94,14 +107,14 @@ def evaluate(model, scheduler, classifier, test, guidance_scale: float, steps: i
             floors[name] = fid_floor(features, part.images, seed)
         floor, ref = floors[name]
         labels = part.labels[torch.randperm(len(part.labels), generator=torch.Generator().manual_seed(seed))][:len(ref)]
-        fake = generate(model, scheduler, labels, guidance_scale, steps, seed=seed, cond_fn=cond_fn)
+        fake = make(labels)
         if keep is not None:
             keep[name] = (fake, labels)
         out[f"cond_accuracy/{name}"] = conditional_accuracy(classifier, fake, labels)
         out[f"fid/{name}"] = frechet_distance(features, ref, fake)
         out[f"fid_floor/{name}"] = floor
-        log.info("guidance %.2f %s: accuracy %.3f fid %.2f (floor %.2f)", guidance_scale, name,
-                 out[f"cond_accuracy/{name}"], out[f"fid/{name}"], floor)
+        log.info("%s %s: accuracy %.3f fid %.2f (floor %.2f)", tag, name, out[f"cond_accuracy/{name}"],
+                 out[f"fid/{name}"], floor)
     return out
 
 

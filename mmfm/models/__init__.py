@@ -3,9 +3,10 @@ from .base import Model
 from .bert import BERT, BERTConfig
 from .clip import CLIP, CLIPConfig
 from .dit import DiT, DiTConfig
+from .gan import GANConfig, Generator
 from .gpt import GPT, GPTConfig
 from .t5 import T5, T5Config
 from .vit import ViT, ViTConfig
 
-__all__ = ["Model", "BERT", "BERTConfig", "CLIP", "CLIPConfig", "DiT", "DiTConfig", "GPT", "GPTConfig", "T5",
+__all__ = ["Model", "BERT", "BERTConfig", "CLIP", "CLIPConfig", "DiT", "DiTConfig", "GANConfig", "Generator", "GPT", "GPTConfig", "T5",
            "T5Config", "ViT", "ViTConfig"]

@@ -1,0 +1,107 @@
+"""A small class-conditional GAN: a DCGAN generator (the registered model, saved as a folder) and a spectral-norm
+discriminator with projection conditioning (Miyato & Koyama 2018), trained with the hinge loss (mmfm.train.gan).
+
+    g = build_model("gan-mini")                       # 28x28x1, 20 classes
+    x = g(torch.randn(8, g.config.z_dim), y)          # (8, 1, 28, 28) in [-1, 1]
+    d = Discriminator(g.config)                       # d(x, y) -> (8,) real/fake logits
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from ..config import ModelConfig, check, opt
+from ..registry import register_family, register_preset
+from .base import Model
+
+
+@dataclass
+class GANConfig(ModelConfig):
+    family = "gan"
+    image_size: int = opt(28, lo=4)  # divisible by 4: the generator doubles a (image_size / 4) grid twice
+    channels: int = opt(1, lo=1)
+    num_classes: int = opt(20, lo=1)
+    z_dim: int = opt(64, lo=1)  # noise width; the class embedding has the same width and is concatenated
+    g_width: int = opt(64, lo=2)  # generator channels: 2w at image_size / 4, w at / 2, w / 2 at full size
+    d_width: int = opt(32, lo=1)  # discriminator channels: w, 2w, 2w, 4w, 4w
+
+    def validate(self):
+        super().validate()
+        check(self.image_size % 4 == 0, f"GANConfig.image_size={self.image_size}: must be divisible by 4")
+
+    def estimate_params(self) -> int:
+        s, z, (c0, c1, c2) = self.image_size // 4, self.z_dim, self.g_channels
+        fc = 2 * z * c0 * s * s + c0 * s * s
+        bns = sum(4 * c + 1 for c in (c0, c1, c2))  # weight, bias, running mean and var, batch counter
+        return self.num_classes * z + fc + 16 * (c0 * c1 + c1 * c2) + 9 * c2 * self.channels + self.channels + bns
+
+    @property
+    def g_channels(self) -> tuple[int, int, int]:
+        return 2 * self.g_width, self.g_width, self.g_width // 2
+
+
+@register_family
+class Generator(Model):
+    """forward(z (B, z_dim), y (B,)) -> (B, channels, image_size, image_size) in [-1, 1]: [z, embed(y)] -> linear
+    -> (2w, s, s) -> two 4x4 stride-2 transposed convs (BatchNorm, ReLU) -> 3x3 conv -> tanh (DCGAN)."""
+
+    config_class = GANConfig
+
+    def __init__(self, config: GANConfig):
+        super().__init__(config)
+        c = config
+        c0, c1, c2 = c.g_channels
+        self.embed = nn.Embedding(c.num_classes, c.z_dim)
+        self.fc = nn.Linear(2 * c.z_dim, c0 * (c.image_size // 4) ** 2)
+        self.net = nn.Sequential(
+            nn.BatchNorm2d(c0), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(c0, c1, 4, 2, 1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(c1, c2, 4, 2, 1, bias=False), nn.BatchNorm2d(c2), nn.ReLU(inplace=True),
+            nn.Conv2d(c2, c.channels, 3, 1, 1), nn.Tanh())
+        self.init_weights()
+
+    def init_weights(self):
+        for m in self.modules():  # DCGAN: N(0, 0.02) weights, BatchNorm gains N(1, 0.02)
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        s = self.config.image_size // 4
+        h = self.fc(torch.cat([z, self.embed(y)], dim=1))  # (B, c0 * s * s)
+        return self.net(h.view(len(z), -1, s, s))  # (B, c0, s, s) -> (B, C, H, W)
+
+    def example_inputs(self, batch_size: int = 2) -> dict:
+        return {"z": torch.randn(batch_size, self.config.z_dim),
+                "y": torch.arange(batch_size) % self.config.num_classes}
+
+
+class Discriminator(nn.Module):
+    """Spectral-norm CNN (3x3, 4x4 stride 2, 3x3, 4x4 stride 2, 3x3; LeakyReLU 0.1, SNGAN's standard CNN) ->
+    spatial sum h (B, 4w) -> logit = linear(h) + <embed(y), h> (the projection discriminator)."""
+
+    def __init__(self, config: GANConfig):
+        super().__init__()
+        w, c = config.d_width, config.channels
+        chans = [(c, w, 3, 1), (w, 2 * w, 4, 2), (2 * w, 2 * w, 3, 1), (2 * w, 4 * w, 4, 2), (4 * w, 4 * w, 3, 1)]
+        layers: list[nn.Module] = []
+        for cin, cout, k, stride in chans:
+            layers += [spectral_norm(nn.Conv2d(cin, cout, k, stride, 1)), nn.LeakyReLU(0.1, inplace=True)]
+        self.net = nn.Sequential(*layers)
+        self.linear = spectral_norm(nn.Linear(4 * w, 1))
+        self.embed = spectral_norm(nn.Embedding(config.num_classes, 4 * w))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.net(x).sum(dim=(2, 3))  # (B, 4w, H/4, W/4) -> (B, 4w)
+        return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)  # (B,)
+
+
+_BASE = GANConfig()
+register_preset("gan-test", _BASE.replace(image_size=16, num_classes=4, z_dim=8, g_width=8, d_width=4))
+register_preset("gan-mini", _BASE)  # 28x28x1, 20 classes (digits + animals): ~0.9 M generator parameters
