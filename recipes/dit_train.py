@@ -4,6 +4,7 @@
     python recipes/dit_train.py prediction_type=v_prediction depth=4 --max-steps 500 --out runs/dit_v
     python recipes/dit_train.py prediction_type=flow sampler=euler --out runs/dit_flow   # rectified flow
     python recipes/dit_train.py --preset dit-mini-4 text_encoder=runs/clip/model --out runs/dit_text
+    python recipes/dit_train.py vae=runs/vae/model --out runs/gen_latent     # on the latents of recipes/vae_train.py
     python recipes/dit_train.py --data my_images/ classifier=runs/vit_mine/model --out runs/dit_mine
 
 Writes <out>/model (EMA weights + scheduler/ + diffusion.json), <out>/samples.png (rows = classes,
@@ -35,6 +36,7 @@ from mmfm.adapt.data import load_task, to_backbone_input
 from mmfm.config import ConfigError, opt
 from mmfm.diffusion import make_sampler, make_train_scheduler, save_scheduler
 from mmfm.diffusion.flow import FLOW, make_flow_scheduler
+from mmfm.diffusion.latent import latent_training_data
 from mmfm.diffusion.text import PromptConditioner
 from mmfm.eval.gen_quality import evaluate
 from mmfm.registry import read_config
@@ -67,6 +69,7 @@ class DiTTrain:
     eval_seed: int = 0
     text_encoder: str = ""  # a saved mmfm CLIP folder: condition on its text tower (frozen) instead of labels
     text_tokens: bool = False  # also cross-attend over the text tokens (needs text_encoder)
+    vae: str = ""  # a saved VAE folder (recipes/vae_train.py): train on its latents, decode samples through it
     max_minutes: float = opt(13.5, lo=0.0)  # >0: also stop training after this many minutes (the CPU budget), whichever first
     limit: int | None = None  # images per dataset and split (tests, smoke runs)
     val_fraction: float = opt(0.1, lo=0.0, lt=1.0)  # with --data and no --val-data (vit_classify's split, so its judge
@@ -178,7 +181,12 @@ def main(argv=None):
     train = DiTTrain(**routed["train"])
     if train.threads:
         torch.set_num_threads(train.threads)
+    if train.vae and args.data is not None:
+        raise ConfigError(f"vae={train.vae} goes with the built-in datasets= (the VAE pads their 28 px images); not --data")
     data, test, sizes = load_data(args, train, {**asdict(cfg), **routed["model"]})
+    codec, images = None, data.images
+    if train.vae:  # the DiT learns the VAE's latents; its shape comes from the VAE
+        codec, images, routed["model"] = latent_training_data(train.vae, data.images, routed["model"])
     judge, judge_s = ensure_judge(train, args, len(data.class_names))  # before seeding: the DiT's stream is its own
     torch.manual_seed(args.seed)
     prompts = PromptConditioner.from_folder(train.text_encoder, data.class_names, train.text_tokens) if train.text_encoder else None
@@ -191,11 +199,12 @@ def main(argv=None):
 
     ema = (GatheredEMA if args.strategy == "fsdp" else EMA)(train.ema_decay)  # FSDP: a full EMA copy per rank
     grid = SampleGrid(args.out, grid_cond, data.class_names, every=train.sample_every, sampler=train.sampler,
-                      steps=train.sample_steps, guidance_scale=train.guidance_scale, ema=ema)
+                      steps=train.sample_steps, guidance_scale=train.guidance_scale, ema=ema,
+                      decode=codec.decode if codec else None)
     hist = LossHistory(args.out, prefixes=("train/loss",), title="DiT denoising loss")
     task = DiffusionTask(model, scheduler, condition, train.lr, train.weight_decay, train.warmup_steps, args.max_steps,
                          train.p_uncond, args.seed)
-    loader = DataLoader(TensorDataset(data.images, data.labels), batch_size=train.batch_size, shuffle=True,
+    loader = DataLoader(TensorDataset(images, data.labels), batch_size=train.batch_size, shuffle=True,
                         drop_last=True, generator=torch.Generator().manual_seed(args.seed))
     timer = Timer()
     budget = {"max_time": timedelta(minutes=train.max_minutes)} if train.max_minutes > 0 else {}
@@ -207,24 +216,26 @@ def main(argv=None):
     device = trainer.strategy.root_device  # fit moved the module back to the CPU; evaluate where it trained
     if prompts is not None:
         prompts.to(device)
+    if codec is not None:
+        codec.to(device)
     metrics = {"train/loss": float(trainer.callback_metrics["train/loss"]), "steps": trainer.global_step,
                "train_s": round(train_s, 2), "guidance_scale": train.guidance_scale, "sampler": train.sampler,
                "sample_steps": train.sample_steps, "params": model.num_params(), **sizes}
-    metrics.update(quality(ema.model.to(device), scheduler, train, judge, test, prompts))
+    metrics.update(quality(ema.model.to(device), scheduler, train, judge, test, prompts, codec))
     if judge_s:
         metrics["judge_train_s"] = judge_s
     metrics["eval_s"] = round(timer.elapsed - train_s, 2)
     save_scheduler(scheduler, Path(args.out) / "model")
     meta = {"class_names": data.class_names, "datasets": list(data.datasets), "text_encoder": train.text_encoder,
-            "text_tokens": train.text_tokens, "train": asdict(train)}
+            "text_tokens": train.text_tokens, "train": asdict(train), "latent_scale": codec.scale if codec else None}
     (Path(args.out) / "model").mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "model" / "diffusion.json").write_text(json.dumps(meta, indent=2))
     return finish(args, ema.model, metrics, timer)
 
 
-def quality(model, scheduler, train: DiTTrain, judge: str | None, test: LabelledImages, prompts) -> dict:
+def quality(model, scheduler, train: DiTTrain, judge: str | None, test: LabelledImages, prompts, codec=None) -> dict:
     """Conditional accuracy and FID by the independent classifier `judge` (+ CLIP retrieval for text runs),
-    on the model's device; {} when the judge is None (classifier=none)."""
+    on the model's device, of samples decoded by `codec` for a latent model; {} when the judge is None."""
     if judge is None:
         return {}
     classifier = mmfm.build_model(judge).eval().to(next(model.parameters()).device)
@@ -232,7 +243,7 @@ def quality(model, scheduler, train: DiTTrain, judge: str | None, test: Labelled
     cond_fn = prompts.condition if prompts else None
     kept: dict = {}
     out = evaluate(model.eval(), sampler, classifier, test, train.guidance_scale, train.sample_steps, train.eval_seed,
-                   cond_fn, keep=kept)
+                   cond_fn, keep=kept, decode=codec.decode if codec else None)
     if prompts is not None:  # does CLIP itself find each sample's prompt among the class prompts?
         for name, (fake, labels) in kept.items():
             out[f"clip_prompt_top1/{name}"] = prompts.retrieval(fake, labels)

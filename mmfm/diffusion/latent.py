@@ -84,3 +84,20 @@ class LatentCodec:
         dev = next(self.vae.parameters()).device
         out = [self.vae.decode((x / self.scale).to(dev)).sample.clamp(-1, 1).to(z.device) for x in z.split(self.batch_size)]
         return crop_to(torch.cat(out), self.image_size)
+
+
+def latent_training_data(vae_path: str | Path, images: torch.Tensor, model_over: dict) -> tuple[LatentCodec, torch.Tensor, dict]:
+    """(codec, scaled latents of `images`, model overrides with the latent shape) for a DiT trained on the
+    latents of the VAE saved at `vae_path`: input_size and in_channels come from the VAE (refused if given),
+    patch_size defaults to 1 (an 8x8 latent grid is already small) unless given."""
+    for key in ("input_size", "in_channels"):
+        if key in model_over:
+            raise ValueError(f"{key}={model_over[key]}: with vae= the DiT's {key} is the VAE's latent shape")
+    codec = LatentCodec.from_folder(vae_path, image_size=images.shape[-1])
+    if images.shape[1] != codec.vae.config.in_channels:
+        raise ValueError(f"vae={vae_path} encodes {codec.vae.config.in_channels}-channel images; the data has {images.shape[1]}")
+    latents = codec.encode(images)  # (N, latent_channels, h, w)
+    over = {"patch_size": 1, **model_over, "input_size": codec.latent_size, "in_channels": codec.channels}
+    log.info("vae=%s: %d px images -> %dx%dx%d latents (scale %.4f), DiT patch_size %d", vae_path, images.shape[-1],
+             codec.latent_size, codec.latent_size, codec.channels, codec.scale, over["patch_size"])
+    return codec, latents, over

@@ -89,8 +89,9 @@ class SampleGrid(L.Callback):
     model (if an EMA callback is given) and write <out>/samples/step_<N>.png and <out>/samples.png."""
 
     def __init__(self, out, conditions: dict, row_names: list[str], seeds=(0, 1, 2, 3, 4, 5, 6, 7), every: int = 500,
-                 sampler: str = "dpm++", steps: int = 20, guidance_scale: float = 3.0, ema=None, shape=None):
+                 sampler: str = "dpm++", steps: int = 20, guidance_scale: float = 3.0, ema=None, shape=None, decode=None):
         self.out, self.conditions, self.row_names, self.seeds = Path(out), conditions, row_names, list(seeds)
+        self.decode = decode  # e.g. a VAE decoder (mmfm.diffusion.latent): model outputs -> images for the grid
         self.every, self.sampler, self.steps, self.guidance, self.ema, self.shape = every, sampler, steps, guidance_scale, ema, shape
 
     def render(self, pl_module, path: Path) -> Path:
@@ -104,6 +105,8 @@ class SampleGrid(L.Callback):
         cond = {k: v.repeat_interleave(cols, 0).to(device) for k, v in self.conditions.items()}  # (rows * cols, ...)
         images = sample(model, make_sampler(self.sampler, pl_module.scheduler.config), (rows * cols, *shape_one), cond,
                         self.guidance, self.steps, noise=column_noise(shape_one, rows, self.seeds))
+        if self.decode is not None:
+            images = self.decode(images)
         model.train(was_training)
         return save_grid(images, rows, path, self.row_names, [f"s{s}" for s in self.seeds],
                          f"{self.sampler} {self.steps} steps, guidance {self.guidance}")

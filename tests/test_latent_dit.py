@@ -1,0 +1,81 @@
+"""DiT on VAE latents: padding, the latent codec (scale, shapes, decode to the data's size), the recipe's vae=."""
+import json
+
+import pytest
+import torch
+
+import mmfm
+from mmfm.config import ConfigError
+from mmfm.diffusion.latent import LatentCodec, crop_to, latent_training_data, pad_to
+from mmfm.models.vae import build_vae
+
+
+def test_pad_and_crop_round_trip():
+    x = torch.rand(2, 1, 28, 28) * 2 - 1
+    p = pad_to(x, 32)
+    assert p.shape == (2, 1, 32, 32) and torch.equal(crop_to(p, 28), x)
+    assert (p[..., :2, :] == -1).all() and (p[..., :, 30:] == -1).all()  # background border
+    assert torch.equal(crop_to(pad_to(torch.ones(1, 1, 5, 7), 9), 5, 7), torch.ones(1, 1, 5, 7))
+    with pytest.raises(ValueError, match="cannot pad 28x28 images to 16x16"):
+        pad_to(x, 16)
+
+
+@pytest.fixture
+def vae_folder(tmp_path):
+    torch.manual_seed(0)
+    build_vae("vae-test", in_channels=1, sample_size=16).save_pretrained(tmp_path / "vae")
+    return tmp_path / "vae"
+
+
+def test_latent_codec_shapes_and_scale(vae_folder):
+    codec = LatentCodec.from_folder(vae_folder, image_size=12)
+    x = torch.rand(6, 1, 12, 12) * 2 - 1
+    with pytest.raises(RuntimeError, match="before the latent scale is known"):
+        codec.decode(torch.zeros(1, 4, 8, 8))
+    z = codec.encode(x)
+    assert z.shape == (6, 4, 8, 8) and codec.latent_size == 8 and codec.channels == 4
+    assert z.std().item() == pytest.approx(1.0, rel=1e-4)  # scale = 1 / std of the encoded training set
+    raw = codec.vae.encode(pad_to(x, 16)).latent_dist.mode()
+    torch.testing.assert_close(z, raw * codec.scale)  # the posterior mean, scaled
+    back = codec.decode(z)
+    assert back.shape == x.shape and back.abs().max() <= 1
+    torch.testing.assert_close(back, crop_to(codec.vae.decode(raw).sample.clamp(-1, 1), 12))
+    with pytest.raises(ValueError, match="images are 20 px but the VAE was trained at 16 px"):
+        LatentCodec.from_folder(vae_folder, image_size=20)
+    with pytest.raises(FileNotFoundError, match="vae=.*nowhere.*recipes/vae_train.py"):
+        LatentCodec.from_folder(vae_folder.parent / "nowhere", image_size=12)
+
+
+def test_latent_training_data_takes_the_shape_from_the_vae(vae_folder):
+    x = torch.rand(4, 1, 12, 12) * 2 - 1
+    codec, z, over = latent_training_data(vae_folder, x, {"depth": 1})
+    assert over == {"patch_size": 1, "depth": 1, "input_size": 8, "in_channels": 4} and z.shape == (4, 4, 8, 8)
+    assert latent_training_data(vae_folder, x, {"patch_size": 2})[2]["patch_size"] == 2
+    with pytest.raises(ValueError, match="input_size=28: with vae= the DiT's input_size is the VAE's latent shape"):
+        latent_training_data(vae_folder, x, {"input_size": 28})
+    with pytest.raises(ValueError, match="encodes 1-channel images; the data has 3"):
+        latent_training_data(vae_folder, torch.zeros(2, 3, 12, 12), {})
+
+
+def test_dit_recipe_on_vae_latents(tmp_path, monkeypatch):
+    from test_dit_train import fake_sources, load_recipe
+
+    from mmfm.train import classify
+
+    monkeypatch.setattr(classify, "DATASETS", fake_sources(n=40))
+    vae = tmp_path / "vae"
+    build_vae("vae-test", in_channels=1, sample_size=32).save_pretrained(vae)  # 28 px padded to 32 -> 16x16x4
+    judge = tmp_path / "judge"
+    mmfm.build_model("vit-test", img_size=28, patch_size=7, in_chans=1, num_classes=20).save_pretrained(judge)
+    dit_train = load_recipe("dit_train")
+    out = tmp_path / "dit"
+    m = dit_train.main(["--out", str(out), "--preset", "dit-test", "depth=1", "--max-steps", "2", "batch_size=8",
+                        "limit=16", "sample_steps=2", "sample_every=0", f"vae={vae}", f"classifier={judge}"])
+    model = mmfm.build_model(out / "model")  # the judge scored decoded 28x28 images, or it would have failed
+    assert (model.config.input_size, model.config.in_channels, model.config.patch_size) == (16, 4, 1)
+    assert m["steps"] == 2 and 0 <= m["cond_accuracy/digits"] <= 1 and m["fid/animals"] > 0
+    meta = json.loads((out / "model" / "diffusion.json").read_text())
+    assert meta["train"]["vae"] == str(vae) and meta["latent_scale"] > 0
+    assert (out / "samples.png").stat().st_size > 1000
+    with pytest.raises(ConfigError, match="vae=.* goes with the built-in datasets="):
+        dit_train.main(["--out", str(out), "--data", str(tmp_path), f"vae={vae}"])
