@@ -8,7 +8,9 @@
 plain or conversational; --val-data, or a deterministic split of --data (val_fraction, by --seed), gives the
 held-out loss. Without --data the built-in task writes its small labelled set (each prompt with its clean worked
 answer) to <out>/data/sft.jsonl and reads it back, and also reports held-out task accuracy, greedy and at T=1.
-Writes <out>/model, <out>/loss.png and <out>/metrics.json.
+lora_rank > 0 trains LoRA adapters (peft, on the attention and MLP layers; lora_alpha) instead of every weight and
+merges them into the saved model, which loads like any other. Writes <out>/model, <out>/loss.png and
+<out>/metrics.json.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 import mmfm
+from mmfm.adapt.lora import lora_or_full, merge_lora
 from mmfm.align.builtin import write_sft
 from mmfm.align.data import Chats, chat_collate
 from mmfm.align.formats import add_data_args, read_chat
@@ -42,6 +45,8 @@ class SFTConfig:
     weight_decay: float = opt(0.0, lo=0.0)
     warmup: int = opt(10, lo=0)
     max_minutes: float = opt(0.0, lo=0.0)  # >0: also stop training after this many minutes (rank 0's clock), whichever first
+    lora_rank: int = opt(0, lo=0)  # > 0: train LoRA adapters (peft) on the attention and MLP layers, merged at the end
+    lora_alpha: float = opt(16.0, gt=0.0)
 
 
 def main(argv=None):
@@ -57,14 +62,15 @@ def main(argv=None):
     tok = model.tokenizer
     train, val, sizes = splits(args, lambda folder: write_sft(folder, cfg.n_train, cfg.n_eval, args.seed), read_chat, cfg.val_fraction)
     train, val = (Chats(tok, d, model.config.block_size) for d in (train, val))
-    task = LMTask(model, cfg.lr, cfg.weight_decay, cfg.warmup, args.max_steps)
+    task = LMTask(lora_or_full(model, cfg.lora_rank, cfg.lora_alpha, "lora_alpha" in args.overrides), cfg.lr,
+                  cfg.weight_decay, cfg.warmup, args.max_steps)
     hist = LossHistory(args.out, prefixes=("train/loss",), title="align: SFT")
     timer = Timer()
     trainer = make_trainer(args, callbacks=[hist], limit_val_batches=0, log_every_n_steps=5,
                            **time_limit(cfg.max_minutes))
     if not fit(trainer, task, args, train_loader(train, cfg.batch_size, chat_collate(tok.pad_id), args.seed)):
         return {}
-    model = task.model  # under FSDP the gathered copy (mmfm.align.run.fit)
+    model = merge_lora(task.model)  # under FSDP the gathered copy (mmfm.align.run.fit); LoRA folded in
     metrics = {"train/loss": float(trainer.callback_metrics["train/loss"]), "steps": trainer.global_step, "data": sizes}
     if len(val):
         metrics["val/loss"] = chat_nll(model, val.rows, tok.pad_id)  # per assistant token

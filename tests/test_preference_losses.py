@@ -279,7 +279,7 @@ def test_unpaired_data_kl_rows_and_kto_task(tmp_path):
     tok = build_tokenizer()
     recs = [{"prompt": f"What is {i}+{i}?", "completion": f"{2 * i + (i % 2)}", "label": i % 2 == 0} for i in range(6)]
     responses = read_unpaired(_write_jsonl(tmp_path / "u.jsonl", recs))
-    assert [r.desirable for r in responses] == [True, False] * 3 and responses[1].completion[0].content == "3"
+    assert [r.desirable for r in responses] == [True, False] * 3 and responses[1].completion[0].content == "3" and responses[1].turns[0].content == "What is 1+1?"
     with pytest.raises(DataFormatError, match=r"u2.jsonl:2.*label"):
         read_unpaired(_write_jsonl(tmp_path / "u2.jsonl", [recs[0], {**recs[1], "label": "no"}]))
     with pytest.raises(DataFormatError, match="unpaired preference"):
@@ -304,3 +304,72 @@ def test_unpaired_data_kl_rows_and_kto_task(tmp_path):
         task.training_step(batch, 0).backward()
         opt.step()
     assert task.training_step(batch, 0).item() < loss.item() - 0.01
+
+
+@pytest.fixture
+def recipes_path():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    yield
+    sys.path.pop(0)
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    """Names of the tensors that differ between two state dicts (tied weights under both names)."""
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_dpo_recipe_kto_with_lora_reuses_its_reference_cache(tmp_path, recipes_path, caplog):
+    """loss=kto on a user's unpaired JSONL, LoRA: the merged folder loads as a plain GPT in which only the adapted
+    Linear weights moved; the reference log-probs are written once and the second run loads them; options the
+    loss would ignore are errors."""
+    import dpo
+
+    import mmfm
+    from mmfm.align.chat import build_tokenizer
+    from mmfm.config import ConfigError
+
+    tok = build_tokenizer()
+    init = _tiny_policy(tok)
+    init.tokenizer = tok
+    init.save_pretrained(tmp_path / "sft")
+    recs = [{"prompt": f"What is {i}+{i}?", "completion": f"{2 * i + i % 2}", "label": i % 2 == 0} for i in range(12)]
+    data = _write_jsonl(tmp_path / "u.jsonl", recs)
+    argv = ["--init", str(tmp_path / "sft"), "--data", str(data), "loss=kto", "lora_rank=4", "batch_size=4",
+            "--max-steps", "2", "--out", str(tmp_path / "run"), "undesirable_weight=1.5"]
+    out = dpo.main(argv)
+    assert out["loss"] == "kto" and out["steps"] == 2 and out["responses"] == 11 and out["undesirable_weight"] == 1.5
+    assert {"reward_desirable", "reward_undesirable", "kl_to_reference"} <= set(out["heldout_responses"])
+    saved = mmfm.build_model(tmp_path / "run" / "model")
+    moved = _changed(init.state_dict(), saved.state_dict())
+    assert moved and all(k.rsplit(".", 1)[0].endswith(("qkv", "proj", "fc1", "fc2")) for k in moved), moved
+    assert len(list((tmp_path / "run" / "ref_cache").glob("ref_logps-*.pt"))) == 1
+    with caplog.at_level("INFO", logger="mmfm.align.refcache"):
+        dpo.main(argv[:-3] + ["--max-steps", "1", "--out", str(tmp_path / "run"), "ref_cache=" + str(tmp_path / "run" / "ref_cache")])
+    assert "loaded from" in caplog.text
+    for bad, match in (("loss=dpo desirable_weight=2", "desirable_weight"), ("loss=kto nll_alpha=0", "nll_alpha"),
+                       ("loss=kto lora_alpha=4", "lora_rank")):
+        with pytest.raises(ConfigError, match=match):
+            dpo.main(["--init", str(tmp_path / "sft"), "--data", str(data), *bad.split(), "--out", str(tmp_path / "x")])
+
+
+def test_sft_recipe_with_lora_merges_into_a_plain_folder(tmp_path, recipes_path):
+    import sft
+
+    import mmfm
+    from mmfm.align.chat import build_tokenizer
+
+    tok = build_tokenizer()
+    init = _tiny_policy(tok)
+    init.tokenizer = tok
+    init.save_pretrained(tmp_path / "base")
+    data = _write_jsonl(tmp_path / "c.jsonl", [{"prompt": f"{i}+1?", "completion": f"{i + 1}"} for i in range(10)])
+    out = sft.main(["--init", str(tmp_path / "base"), "--data", str(data), "lora_rank=4", "lora_alpha=8",
+                    "batch_size=4", "lr=1e-2", "--max-steps", "3", "--out", str(tmp_path / "run")])
+    assert out["steps"] == 3 and out["val/loss"] > 0
+    saved = mmfm.build_model(tmp_path / "run" / "model")
+    assert not any("lora" in k for k in saved.state_dict()) and saved.tokenizer is not None
+    moved = _changed(init.state_dict(), saved.state_dict())
+    assert moved and all(k.rsplit(".", 1)[0].endswith(("qkv", "proj", "fc1", "fc2")) for k in moved), moved

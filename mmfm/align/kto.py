@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightning as L
 import torch
 from torch.utils.data import Dataset
 
+from ..data.formats import DataFormatError, Format, read_jsonl, require_path, unknown_format
 from ..losses.preference import kto_loss, kto_reference_point, sequence_logprobs
 from ..train.strategies import ShardedTask
-from ..data.formats import DataFormatError, Format, read_jsonl, require_path, unknown_format
 from .chat import Turn, collate_chat
-from .formats import _line_numbers, _require, encode_example, to_turns
+from .formats import _line_numbers, _require, encode_example, read_preferences, to_turns
 from .tasks import OptimMixin
 
 log = logging.getLogger(__name__)
@@ -37,9 +37,19 @@ UNPAIRED_FORMATS = (
 @dataclass
 class Response:
     where: str
-    prompt: list[Turn]
+    turns: list[Turn]  # the prompt
     completion: list[Turn]
     desirable: bool
+    extra: dict = field(default_factory=dict)  # the record's other columns
+
+    # as the half of a pair it is (mmfm.align.formats.train_val splits and deduplicates on these)
+    @property
+    def chosen(self) -> list[Turn]:
+        return self.completion if self.desirable else []
+
+    @property
+    def rejected(self) -> list[Turn]:
+        return [] if self.desirable else self.completion
 
 
 def read_unpaired(path) -> list[Response]:
@@ -56,7 +66,8 @@ def read_unpaired(path) -> list[Response]:
         if not isinstance(rec["label"], bool):
             raise DataFormatError(f"{where}: 'label' must be true or false, got {rec['label']!r}")
         out.append(Response(where, to_turns(rec["prompt"], where, "prompt", "user", train=False),
-                            to_turns(rec["completion"], where, "completion", "assistant", train=True), rec["label"]))
+                            to_turns(rec["completion"], where, "completion", "assistant", train=True), rec["label"],
+                            {k: v for k, v in rec.items() if k not in ("prompt", "completion", "label")}))
     n_good = sum(r.desirable for r in out)
     log.info("%s: unpaired preference data, %d responses (%d desirable, %d undesirable)", path, len(out), n_good,
              len(out) - n_good)
@@ -66,8 +77,14 @@ def read_unpaired(path) -> list[Response]:
 def unpair(pairs) -> list[Response]:
     """Preference pairs (mmfm.align.formats.read_preferences) -> a desirable (chosen) and an undesirable
     (rejected) response per pair."""
-    return [Response(e.where, e.turns, resp, good) for e in pairs for resp, good in ((e.chosen, True),
-                                                                                     (e.rejected, False))]
+    return [Response(e.where, e.turns, resp, good, e.extra) for e in pairs
+            for resp, good in ((e.chosen, True), (e.rejected, False))]
+
+
+def read_kto(path) -> list[Response]:
+    """KTO's data: unpaired records (with "label") as they are, preference pairs unpaired."""
+    first = read_jsonl(require_path(path))[0]
+    return read_unpaired(path) if "label" in first else unpair(read_preferences(path))
 
 
 def kl_partners(responses: list[Response], seed: int) -> list[int]:
@@ -78,7 +95,7 @@ def kl_partners(responses: list[Response], seed: int) -> list[int]:
     partner = [0] * len(order)
     for k, i in enumerate(order):
         j = next((order[(k + s) % len(order)] for s in range(1, len(order))
-                  if responses[order[(k + s) % len(order)]].prompt != responses[i].prompt), i)
+                  if responses[order[(k + s) % len(order)]].turns != responses[i].turns), i)
         partner[i] = j
     return partner
 
@@ -89,8 +106,8 @@ class Unpaired(Dataset):
     def __init__(self, tok, responses: list[Response], max_len: int | None = None, seed: int = 0):
         partner = kl_partners(responses, seed)
         self.labels = [r.desirable for r in responses]
-        self.rows = [(encode_example(tok, r.prompt + r.completion, r.where, max_len),
-                      encode_example(tok, r.prompt + responses[j].completion, r.where, max_len))
+        self.rows = [(encode_example(tok, r.turns + r.completion, r.where, max_len),
+                      encode_example(tok, r.turns + responses[j].completion, r.where, max_len))
                      for r, j in zip(responses, partner)]
 
     def __len__(self):
