@@ -1,6 +1,6 @@
 """Pretrain a BERT by masked-token prediction (default: bert-mini on the Shakespeare plays, ~10 CPU-minutes).
 
-    python recipes/mlm_pretrain.py                                  # the default: 700 steps of bert-mini
+    python recipes/mlm_pretrain.py                                  # the default: 320 steps of bert-mini
     python recipes/mlm_pretrain.py --data notes/ tokenizer=char     # your text (formats as gpt_pretrain.py)
     python recipes/mlm_pretrain.py --max-steps 100 n_layer=2 batch_size=16 mask_prob=0.2
 
@@ -12,21 +12,17 @@ unigram guess (always the training split's most frequent token) on the same mask
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
 import lightning as L
-import torch
 
 import mmfm
 from mmfm.config import ConfigError
-from mmfm.data.stepstream import CountCompleted, StepLoader, StepStream
-from mmfm.data.text import TextDataConfig
-from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, \
-    split_overrides
-from mmfm.train.mlm import MLMBatches, MLMConfig, MLMTask, add_corpus_flags, held_out_batches, masked_accuracy, \
-    plan_corpus, unigram_counts
+from mmfm.data.stepstream import StepStream
+from mmfm.train import Timer, finish, parse_args, recipe_parser, setup_logging
+from mmfm.train.mlm import MLMBatches, MLMConfig, MLMTask, add_corpus_flags, fit, held_out_batches, \
+    masked_accuracy, prepare, summary, unigram_counts
 
 log = logging.getLogger("recipes.mlm_pretrain")
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,19 +44,14 @@ def build_model(args, tok, overrides: dict):
 
 def main(argv=None) -> dict:
     setup_logging()
-    parser = recipe_parser(__doc__.splitlines()[0], preset="bert-mini", max_steps=700, out="runs/mlm")
+    parser = recipe_parser(__doc__.splitlines()[0], preset="bert-mini", max_steps=320, out="runs/mlm")
     add_corpus_flags(parser)
     args = parse_args(parser, argv)
-    base = mmfm.build_model(args.preset).config if Path(args.preset).is_dir() else mmfm.get_config(args.preset)
-    routed = split_overrides(args.overrides, model=base, train=MLMConfig(), data=TextDataConfig(tokenizer="bpe"))
-    train = MLMConfig(**routed["train"])
-    if train.threads:
-        torch.set_num_threads(train.threads)
     timer = Timer()
-    plan = plan_corpus(args, TextDataConfig(**{"tokenizer": "bpe", **routed["data"]}), ROOT)
+    train, overrides, plan = prepare(args, MLMConfig, ROOT)
     tok = plan.tokenizer
     L.seed_everything(args.seed, workers=True)
-    model = build_model(args, tok, routed["model"])
+    model = build_model(args, tok, overrides)
     c = model.config
     folder = plan.write(min_tokens=c.max_len + 1)
     batches = MLMBatches(folder / "train.bin", c.max_len, train.batch_size, c.mask_id, c.vocab_size, tok.eos_id,
@@ -69,17 +60,11 @@ def main(argv=None) -> dict:
     val = held_out_batches(folder / "val.bin", c.max_len - 1, train.val_batches * train.batch_size, batches.mask)
     log.info("model %s: %.2fM parameters; data %s", args.preset, model.num_params() / 1e6, folder)
     task = MLMTask(model, train, args.max_steps)
-    history = LossHistory(args.out, title=f"{args.preset} MLM on {plan.info['path']}")
-    trainer = make_trainer(args, callbacks=[history, CountCompleted(stream)], val_every=train.val_every,
-                           gradient_clip_val=train.grad_clip or None, num_sanity_val_steps=0)
-    trainer.fit(task, StepLoader(stream), torch.utils.data.DataLoader(val, batch_size=None))
-    train_s = timer.elapsed
+    trainer = fit(args, task, stream, val, f"{args.preset} MLM on {plan.info['path']}")
+    fit_s = timer.elapsed
     final = held_out_batches(folder / "val.bin", c.max_len - 1, train.final_val_windows, batches.mask)
     scores = masked_accuracy(task, final, unigram_counts(folder / "train.bin", c.vocab_size))
-    metrics = {"val": scores, "steps": trainer.global_step, "params": model.num_params(), "preset": args.preset,
-               "unigram_guess": "the training split's most frequent token at every scored position",
-               "tokens_seen": trainer.global_step * train.batch_size * c.max_len, "fit_s": round(train_s, 2),
-               "data": plan.info, "model_config": c.to_dict(), "train_config": dataclasses.asdict(train)}
+    metrics = summary(args, trainer, model, train, plan, scores, train.batch_size * c.max_len, fit_s)
     log.info("held-out masked-token accuracy %.4f (unigram guess %.4f) on %d tokens", scores["masked_accuracy"],
              scores["unigram_accuracy"], scores["scored_tokens"])
     return finish(args, model, metrics, timer)

@@ -1,6 +1,6 @@
 """Pretrain a T5 by span corruption (default: t5-mini on the Shakespeare plays, ~10 CPU-minutes).
 
-    python recipes/t5_pretrain.py                                   # the default: 700 steps of t5-mini
+    python recipes/t5_pretrain.py                                   # the default: 240 steps of t5-mini
     python recipes/t5_pretrain.py --data notes/ tokenizer=char      # your text (formats as gpt_pretrain.py)
     python recipes/t5_pretrain.py --max-steps 100 seq_len=64 noise_density=0.25
 
@@ -14,21 +14,17 @@ end-of-text left out) next to the unigram guess (the training split's most frequ
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
 import lightning as L
-import torch
 
 import mmfm
 from mmfm.config import ConfigError
-from mmfm.data.stepstream import CountCompleted, StepLoader, StepStream
-from mmfm.data.text import TextDataConfig
-from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, \
-    split_overrides
-from mmfm.train.mlm import SpanBatches, SpanConfig, SpanTask, add_corpus_flags, held_out_batches, \
-    masked_accuracy, plan_corpus, unigram_counts
+from mmfm.data.stepstream import StepStream
+from mmfm.train import Timer, finish, parse_args, recipe_parser, setup_logging
+from mmfm.train.mlm import SpanBatches, SpanConfig, SpanTask, add_corpus_flags, fit, held_out_batches, \
+    masked_accuracy, prepare, summary, unigram_counts
 
 log = logging.getLogger("recipes.t5_pretrain")
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,19 +51,14 @@ def build_model(args, tok, train: SpanConfig, overrides: dict):
 
 def main(argv=None) -> dict:
     setup_logging()
-    parser = recipe_parser(__doc__.splitlines()[0], preset="t5-mini", max_steps=700, out="runs/t5")
+    parser = recipe_parser(__doc__.splitlines()[0], preset="t5-mini", max_steps=240, out="runs/t5")
     add_corpus_flags(parser)
     args = parse_args(parser, argv)
-    base = mmfm.build_model(args.preset).config if Path(args.preset).is_dir() else mmfm.get_config(args.preset)
-    routed = split_overrides(args.overrides, model=base, train=SpanConfig(), data=TextDataConfig(tokenizer="bpe"))
-    train = SpanConfig(**routed["train"])
-    if train.threads:
-        torch.set_num_threads(train.threads)
     timer = Timer()
-    plan = plan_corpus(args, TextDataConfig(**{"tokenizer": "bpe", **routed["data"]}), ROOT)
+    train, overrides, plan = prepare(args, SpanConfig, ROOT)
     tok = plan.tokenizer
     L.seed_everything(args.seed, workers=True)
-    model = build_model(args, tok, train, routed["model"])
+    model = build_model(args, tok, train, overrides)
     c = model.config
     folder = plan.write(min_tokens=train.seq_len + 1)
     sentinel = c.vocab_size - 1
@@ -76,18 +67,12 @@ def main(argv=None) -> dict:
     val = held_out_batches(folder / "val.bin", train.seq_len, train.val_batches * train.batch_size, batches.corrupt)
     log.info("model %s: %.2fM parameters; data %s", args.preset, model.num_params() / 1e6, folder)
     task = SpanTask(model, train, args.max_steps)
-    history = LossHistory(args.out, title=f"{args.preset} span corruption on {plan.info['path']}")
-    trainer = make_trainer(args, callbacks=[history, CountCompleted(stream)], val_every=train.val_every,
-                           gradient_clip_val=train.grad_clip or None, num_sanity_val_steps=0)
-    trainer.fit(task, StepLoader(stream), torch.utils.data.DataLoader(val, batch_size=None))
+    trainer = fit(args, task, stream, val, f"{args.preset} span corruption on {plan.info['path']}")
     fit_s = timer.elapsed
     final = held_out_batches(folder / "val.bin", train.seq_len, train.final_val_windows, batches.corrupt)
     skip = {c.eos_id, *range(sentinel - train.n_sentinels + 1, sentinel + 1)}
     scores = masked_accuracy(task, final, unigram_counts(folder / "train.bin", c.vocab_size), skip)
-    metrics = {"val": scores, "steps": trainer.global_step, "params": model.num_params(), "preset": args.preset,
-               "unigram_guess": "the training split's most frequent token at every scored position",
-               "tokens_seen": trainer.global_step * train.batch_size * train.seq_len, "fit_s": round(fit_s, 2),
-               "data": plan.info, "model_config": c.to_dict(), "train_config": dataclasses.asdict(train)}
+    metrics = summary(args, trainer, model, train, plan, scores, train.batch_size * train.seq_len, fit_s)
     log.info("held-out span-token accuracy %.4f (unigram guess %.4f) on %d tokens", scores["masked_accuracy"],
              scores["unigram_accuracy"], scores["scored_tokens"])
     return finish(args, model, metrics, timer)

