@@ -3,7 +3,7 @@ trains): images are padded to the VAE's sample size, encoded once to scaled late
 samples are decoded and cropped back to the data's size before the grid and the judge.
 
     codec = LatentCodec.from_folder("runs/vae/model", image_size=28)
-    z = codec.encode(images)          # (N, 1, 28, 28) in [-1, 1] -> (N, 4, 8, 8), about unit variance
+    z = codec.encode(images)          # (N, 1, 28, 28) in [-1, 1] -> (N, 4, 8, 8) in [-1, 1]
     x = codec.decode(z)               # (N, 4, 8, 8) -> (N, 1, 28, 28) in [-1, 1]
 """
 from __future__ import annotations
@@ -35,7 +35,9 @@ def crop_to(images: torch.Tensor, h: int, w: int | None = None) -> torch.Tensor:
 
 class LatentCodec:
     """Images <-> scaled VAE latents. encode uses the posterior mean (deterministic, as for cached latents) times
-    `scale`; scale = 1 / std of the training latents when not given (latent diffusion's scale_factor)."""
+    `scale`; scale = 1 / max |z| over the training latents when not given, so that they lie in [-1, 1] like
+    pixels: mmfm's DDPM samplers clip x0 to [-1, 1] (clip_sample) and `sample` clamps its output there, which
+    latent diffusion's 1 / std scale (about a third of the values past 1) would cut."""
 
     def __init__(self, vae, image_size: int, scale: float | None = None, batch_size: int = 250):
         self.vae = vae.eval().requires_grad_(False)
@@ -72,8 +74,9 @@ class LatentCodec:
         z = torch.cat([self.vae.encode(pad_to(x, self.pad_size).to(device)).latent_dist.mode().cpu()
                        for x in images.split(self.batch_size)])
         if self.scale is None:
-            self.scale = float(1.0 / z.std())
-            log.info("latent scale 1 / std = %.4f (from %d images)", self.scale, len(images))
+            self.scale = float(1.0 / z.abs().max())
+            log.info("latent scale 1 / max|z| = %.4f (from %d images; scaled std %.3f)", self.scale, len(images),
+                     float(z.std()) * self.scale)
         return z * self.scale
 
     @torch.no_grad()
