@@ -10,6 +10,14 @@ from .config import ConfigError, ModelConfig, closest
 
 _FAMILIES: dict[str, type] = {}
 _PRESETS: dict[str, ModelConfig] = {}
+_LAZY = {"timm": "mmfm.models.timm_net"}  # families whose module (and library) is imported when first asked for
+TIMM = "timm:"  # build_model("timm:resnet18"): any timm network as an image backbone (mmfm/models/timm_net.py)
+
+
+def _lazy(family: str):
+    import importlib
+
+    return importlib.import_module(_LAZY[family])
 
 
 def register_family(cls):
@@ -31,12 +39,16 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 
 def get_config(name: str, **overrides) -> ModelConfig:
+    if name.startswith(TIMM):
+        return _lazy("timm").timm_config(name, **overrides)
     if name not in _PRESETS:
         raise ConfigError(f"unknown model {name!r}{closest(name, _PRESETS)}")
     return _PRESETS[name].replace(**overrides)
 
 
 def model_class(family: str):
+    if family not in _FAMILIES and family in _LAZY:
+        _lazy(family)
     if family not in _FAMILIES:
         raise ConfigError(f"unknown model family {family!r}; known: {sorted(_FAMILIES)}")
     return _FAMILIES[family]
@@ -93,6 +105,8 @@ def build_model(name_or_path: str | os.PathLike, **overrides):
         from .checkpoint import load_pretrained
 
         return load_pretrained(path, **overrides)
+    if name.startswith(TIMM):
+        return _lazy("timm").build_timm(name, **overrides)
     if not is_preset and (path.exists() or os.sep in name):
         old = sorted(path.parent.glob(f".{path.name}.old-*"))  # left by a save interrupted mid-swap
         raise ConfigError(f"{name!r} is not a preset and has no config.json (not a saved model folder)"

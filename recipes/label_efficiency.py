@@ -40,7 +40,9 @@ def build_parser():
                    "folder with labels.csv, or brain_mri, digits, animals")
     p.add_argument("--val-data", default=None, help="validation images for --data (default: split from --data)")
     p.add_argument("--test-data", default=None, help="test images for --data (default: split from --data)")
-    p.add_argument("--backbones", default="vit=runs/vit/model,clip=runs/clip/model", help="name=folder_or_preset,... ('' for the scratch row only)")
+    p.add_argument("--backbones", default="vit=runs/vit/model,clip=runs/clip/model,resnet18=timm:resnet18",
+                   help="name=folder_or_preset,... ('' for the scratch row only); timm:NAME is a timm network "
+                   "(random init: MedMNIST's own ResNet-18 baseline is its 'full' row; timm:NAME=FILE for weights)")
     p.add_argument("--methods", default="linear,lora,full")
     p.add_argument("--fractions", default="0.01,0.1,1.0")
     p.add_argument("--sanity-data", default="animals", help="a second task for a sanity row ('' for none)")

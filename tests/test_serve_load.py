@@ -5,6 +5,8 @@ import asyncio
 import base64
 import io
 import random
+import time
+from collections import Counter
 
 import httpx
 import psutil
@@ -74,8 +76,11 @@ def _load(tmp_path, n: int, clients: int):
     with RunningServer(create_app(services, max_body_bytes=2**20)) as url:
         asyncio.run(_run(url, max(40, n // 10), clients, 0.1, seed=0))  # warm-up
         warm = proc.memory_info().rss
+        t0 = time.perf_counter()
         results = asyncio.run(_run(url, n, clients, 0.1, seed=1))
-        after = proc.memory_info().rss
+        wall, after = time.perf_counter() - t0, proc.memory_info().rss
+    print(f"load: {n} requests from {clients} clients in {wall:.0f} s, {sum(not g for g, _ in results)} bad ones; "
+          f"statuses {sorted(Counter(s for _, s in results).items())}; memory {warm / 2**20:.0f} -> {after / 2**20:.0f} MiB")
     assert len(results) == n
     assert [s for _, s in results if s >= 500] == []
     assert all(s == 200 for good, s in results if good)

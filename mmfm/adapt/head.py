@@ -1,7 +1,8 @@
-"""Task heads on mmfm image backbones: any ViT, or a CLIP's image tower (`clip.visual`).
+"""Task heads on mmfm image backbones: any ViT, a CLIP's image tower (`clip.visual`), or a timm network
+(`timm:resnet18`, mmfm/models/timm_net.py).
 
-The adapted model stays a plain mmfm ViT whose `head` is a Linear and whose `config.num_classes`
-is the head's width, so `save_pretrained` writes a normal folder that `build_model` loads.
+The adapted model stays a plain mmfm model (ViT or TimmNet) whose `head` is a Linear and whose
+`config.num_classes` is the head's width, so `save_pretrained` writes a normal folder that `build_model` loads.
 """
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ from ..registry import build_model, get_config, model_class, read_config
 log = logging.getLogger(__name__)
 
 
-def image_backbone(model: nn.Module) -> ViT:
-    """The ViT that turns images into features: the model itself, or CLIP's `visual` tower."""
-    if isinstance(model, ViT):
+def image_backbone(model: nn.Module) -> nn.Module:
+    """The network that turns images into features: the model itself (a ViT or a timm network), or CLIP's
+    `visual` tower."""
+    if isinstance(model, ViT) or getattr(model.config, "family", "") == "timm":
         return model
     if isinstance(model, CLIP):
         return model.visual
-    raise TypeError(f"no image backbone in a {type(model).__name__}; use a ViT or CLIP preset or folder")
+    raise TypeError(f"no image backbone in a {type(model).__name__}; use a ViT or CLIP preset or folder, or timm:NAME")
 
 
 def source_config(init: str | os.PathLike, **overrides):
@@ -61,10 +63,11 @@ def resize_input(vit: ViT, img_size: int) -> ViT:
     return vit
 
 
-def attach_head(vit: ViT, n_outputs: int) -> ViT:
-    """Replace the ViT's head by a fresh zero-initialised Linear(dim, n_outputs), in place."""
+def attach_head(vit: nn.Module, n_outputs: int) -> nn.Module:
+    """Replace the backbone's head by a fresh zero-initialised Linear(features, n_outputs), in place."""
+    features = getattr(vit, "num_features", None) or vit.config.dim
     vit.config = vit.config.replace(num_classes=n_outputs)
-    vit.head = nn.Linear(vit.config.dim, n_outputs)
+    vit.head = nn.Linear(features, n_outputs)
     nn.init.zeros_(vit.head.weight)
     nn.init.zeros_(vit.head.bias)
     return vit

@@ -7,12 +7,28 @@ import torch.nn as nn
 LORA_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
 
+def lora_targets(model: nn.Module, skip=("head",)) -> list[str]:
+    """Where LoRA goes in `model`: the shared stack's Linear names for mmfm's own families; for any other network
+    (a timm CNN or transformer), found by type: every Linear and ungrouped Conv2d outside `skip` (peft adapts
+    both; grouped/depthwise convolutions are left out)."""
+    timm = any(getattr(getattr(m, "config", None), "family", "") == "timm" for m in model.modules())
+    if not timm and any(n.endswith(LORA_TARGETS) for n, _ in model.named_modules()):
+        return list(LORA_TARGETS)
+    found = [n for n, m in model.named_modules()
+             if (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1))
+             and not any(n == s or n.startswith(s + ".") for s in skip)]
+    if not found:
+        raise ValueError(f"no Linear or Conv2d layer for LoRA in a {type(model).__name__}")
+    return found
+
+
 def add_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-             targets=LORA_TARGETS, trainable=("head",)) -> nn.Module:
-    """A peft model: LoRA adapters on `targets`, every base weight frozen except the modules named
-    in `trainable` (the task head), which stay trainable and are kept as they are by merging."""
+             targets=None, trainable=("head",)) -> nn.Module:
+    """A peft model: LoRA adapters on `targets` (default: `lora_targets(model)`), every base weight frozen except
+    the modules named in `trainable` (the task head), which stay trainable and are kept as they are by merging."""
     from peft import LoraConfig, get_peft_model
 
+    targets = lora_targets(model, skip=trainable) if targets is None else targets
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets))
     peft_model = get_peft_model(model, config)
     for name in trainable:
