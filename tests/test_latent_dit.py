@@ -79,3 +79,36 @@ def test_dit_recipe_on_vae_latents(tmp_path, monkeypatch):
     assert (out / "samples.png").stat().st_size > 1000
     with pytest.raises(ConfigError, match="vae=.* goes with the built-in datasets="):
         dit_train.main(["--out", str(out), "--data", str(tmp_path), f"vae={vae}"])
+
+
+def test_dit_pipeline_export_opens_and_samples_in_diffusers(tmp_path):
+    from diffusers import DiTPipeline
+
+    from mmfm.diffusion import make_sampler, make_train_scheduler, sample
+    from mmfm.interop.dit_pipeline import export_dit_pipeline, pad_classes
+
+    torch.manual_seed(0)
+    dit = mmfm.build_model("dit-test", input_size=8, patch_size=2, in_channels=4, num_classes=3,
+                           timestep_freq_shift=1).eval()
+    with torch.no_grad():  # off the zero init, so the label embedding matters
+        for p in dit.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
+    big = pad_classes(dit)
+    torch.testing.assert_close(big(x, t, torch.tensor([2, 3])), dit(x, t, torch.tensor([2, 3])))
+    torch.testing.assert_close(big(x, t, torch.tensor([1000, 1000])), dit(x, t, torch.tensor([3, 3])))
+    vae = build_vae("vae-test", in_channels=1, sample_size=16).eval()
+    sampler = make_sampler("ddim", make_train_scheduler("sample").config)
+    export_dit_pipeline(dit, sampler, vae, 0.5, ["a", "b", "c"], tmp_path / "pipe")
+    pipe = DiTPipeline.from_pretrained(tmp_path / "pipe")
+    out = pipe([0, 2], guidance_scale=3.0, num_inference_steps=3, generator=torch.Generator().manual_seed(1),
+               output_type="pt").images
+    assert out.shape == (2, 1, 16, 16) and 0 <= out.min() and out.max() <= 1
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))  # the pipeline's draw
+    z = sample(dit, make_sampler("ddim", make_train_scheduler("sample").config), (2, 4, 8, 8), {"y": torch.tensor([0, 2])},
+               3.0, 3, noise=noise)
+    with torch.no_grad():
+        ours = (vae.decode(z / 0.5).sample / 2 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(out, ours, atol=1e-4, rtol=1e-4)  # the same guided DDIM path through diffusers
+    with pytest.raises(ValueError, match="takes 1 channels; the VAE makes 4"):
+        export_dit_pipeline(mmfm.build_model("dit-test"), sampler, vae, 1.0, ["a"], tmp_path / "bad")

@@ -11,6 +11,7 @@ _FUNCS = {
     "from_open_clip": "open_clip", "to_open_clip": "open_clip",
     "from_timm_vit": "timm_vit", "to_timm_vit": "timm_vit",
     "from_diffusers_dit": "diffusers_dit", "to_diffusers_dit": "diffusers_dit",
+    "export_dit_pipeline": "dit_pipeline",
 }
 __all__ = sorted(_FUNCS)
 
