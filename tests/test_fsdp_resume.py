@@ -71,7 +71,10 @@ def test_killed_fsdp_run_resumes_to_the_uninterrupted_weights(tmp_path, base, na
     assert proc.returncode == 0, proc.stderr[-3000:]
     whole, resumed = (load_file(tmp_path / n / "model" / "model.safetensors") for n in ("whole", "cut"))
     assert whole.keys() == resumed.keys()
-    for k, w in whole.items():
-        torch.testing.assert_close(resumed[k], w, atol=1e-6, rtol=1e-5, msg=k)
+    # assert_close's test (|r - w| <= 1e-6 + 1e-5 |w|) over every tensor, reporting the worst ones when it fails
+    excess = sorted((((resumed[k] - w).abs() - 1e-5 * w.abs()).max().item(), k) for k, w in whole.items())[::-1]
+    moved = {k: (whole[k] - at_2[k]).abs().max().item() for k in whole if k in at_2}
+    assert excess[0][0] <= 1e-6, "resumed != uninterrupted; worst (|diff| - 1e-5 |w|, and how far steps 3-4 moved " \
+        "the tensor): " + ", ".join(f"{k} {d:.2e} ({moved.get(k, float('nan')):.2e})" for d, k in excess[:5])
     # steps 3 and 4 changed the weights after the checkpoint (so the equality above is not of untouched weights)
     assert max((whole[k] - at_2[k]).abs().max().item() for k in whole if k in at_2) > 1e-5
