@@ -121,7 +121,10 @@ def _existing(file: Path, spec: str) -> Path:
 
 def timm_config(spec: str, **overrides) -> TimmConfig:
     """The config of a 'timm:...' spec; weights from timm's own training bring its mean/std unless overridden."""
-    arch, file = parse_spec(spec)
+    return _config(*parse_spec(spec), **overrides)
+
+
+def _config(arch: str, file: Path | None, **overrides) -> TimmConfig:
     cfg = TimmConfig(arch=arch)
     if file is not None:
         import timm
@@ -161,8 +164,8 @@ def load_weights(model: TimmNet, file: Path) -> None:
 
 
 def build_timm(spec: str, **overrides) -> TimmNet:
-    model = TimmNet(timm_config(spec, **overrides))
-    file = parse_spec(spec)[1]
+    arch, file = parse_spec(spec)
+    model = TimmNet(_config(arch, file, **overrides))
     if file is not None:
         load_weights(model, file)
     return model
