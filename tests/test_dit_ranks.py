@@ -49,7 +49,7 @@ def _worker(rank, port, out_dir):
         torch.manual_seed(1234)  # a restarted process, then the resume
         resumed = RNGState()
         resumed.load_state_dict(torch.load(os.path.join(out_dir, "rng.pt"), weights_only=True))
-        resumed.on_train_batch_start(SimpleNamespace(global_rank=rank), task, None, 0)
+        resumed.on_train_start(SimpleNamespace(global_rank=rank), task)
         torch.save({"after": after, "resumed": _draws(scheduler)}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

@@ -141,10 +141,9 @@ class RunCheckpoint(ModelCheckpoint):
 
 
 class RNGState(L.Callback):
-    """Saves the Python, NumPy and torch RNG states with each checkpoint and restores them just before the
-    first batch after a resume, so random draws continue exactly as in an uninterrupted run. Under several
-    processes every rank's states are gathered into the checkpoint (which rank 0 writes) and each rank gets
-    its own back."""
+    """Saves the Python, NumPy and torch RNG states with each checkpoint and restores them when the resumed
+    training starts, so random draws continue exactly as in an uninterrupted run. Under several processes
+    every rank's states are gathered into the checkpoint (which rank 0 writes) and each rank gets its own back."""
 
     def __init__(self):
         self._pending = None
@@ -161,7 +160,9 @@ class RNGState(L.Callback):
     def load_state_dict(self, state: dict) -> None:
         self._pending = state
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+    def on_train_start(self, trainer, pl_module):
+        """Restores before the first batch after the resume is fetched: the fetch itself draws random numbers
+        (image augmentation in the main process), so restoring at the first step would come one batch late."""
         if self._pending is None:
             return
         s, self._pending = self._pending, None
