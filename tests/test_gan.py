@@ -8,7 +8,7 @@ import torch
 
 import mmfm
 from mmfm.config import ConfigError
-from mmfm.models.gan import Discriminator
+from mmfm.models.gan import ConditionalBatchNorm2d, Discriminator
 from mmfm.train.gan import GANTask, generate_images
 
 
@@ -24,6 +24,41 @@ def test_generator_and_discriminator_shapes():
     assert not torch.allclose(logits, d(x, torch.tensor([3, 3, 3])))  # the projection reads the label
     with pytest.raises(ConfigError, match="image_size=18: must be divisible by 4"):
         mmfm.build_model("gan-test", image_size=18)
+
+
+def test_conditional_batchnorm_scales_and_shifts_by_class():
+    torch.manual_seed(0)
+    cbn = ConditionalBatchNorm2d(3, num_classes=4)
+    cbn.init_weights()
+    x, y = torch.randn(6, 3, 5, 5), torch.tensor([0, 1, 2, 3, 1, 0])
+    plain = torch.nn.BatchNorm2d(3, affine=False)
+    torch.testing.assert_close(cbn(x, y), plain(x))  # at init: plain BatchNorm, whatever the label
+    with torch.no_grad():
+        cbn.gain.weight.normal_()
+        cbn.bias.weight.normal_()
+    want = plain(x) * cbn.gain.weight[y][:, :, None, None] + cbn.bias.weight[y][:, :, None, None]
+    torch.testing.assert_close(cbn(x, y), want)
+    cbn(x, y).square().sum().backward()  # only the rows of the labels in the batch get gradients
+    assert cbn.gain.weight.grad[:4].abs().sum(1).gt(0).all()
+    cbn.gain.weight.grad.zero_()
+    cbn(x, torch.full((6,), 2)).sum().backward()
+    assert cbn.gain.weight.grad[2].abs().sum() > 0 and cbn.gain.weight.grad[[0, 1, 3]].abs().sum() == 0
+
+
+def test_generator_reads_the_label_through_every_norm():
+    torch.manual_seed(0)
+    g = mmfm.build_model("gan-test").eval()
+    assert len(g.norms) == 3 and all(isinstance(n, ConditionalBatchNorm2d) for n in g.norms)
+    z = torch.randn(1, g.config.z_dim).expand(4, -1)
+    with torch.no_grad():
+        for conv in g.convs:  # off DCGAN's N(0, 0.02), so the output is not ~0 for every input
+            conv.weight.normal_(0.0, 0.3)
+        g.fc.weight.normal_(0.0, 0.3)
+        g.embed.weight.zero_()  # no label in the input: only the conditional norms can tell the classes apart
+        for norm in g.norms:
+            norm.gain.weight.normal_(1.0, 0.5)
+    x = g(z, torch.arange(4))  # (4, C, H, W), the same noise
+    assert all((x[0] - x[i]).abs().max() > 1e-2 for i in range(1, 4))
 
 
 def test_discriminator_weights_have_unit_spectral_norm():

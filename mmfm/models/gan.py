@@ -1,5 +1,6 @@
-"""A small class-conditional GAN: a DCGAN generator (the registered model, saved as a folder) and a spectral-norm
-discriminator with projection conditioning (Miyato & Koyama 2018), trained with the hinge loss (mmfm.train.gan).
+"""A small class-conditional GAN: a DCGAN generator with class-conditional BatchNorm (the registered model, saved
+as a folder) and a spectral-norm discriminator with projection conditioning (Miyato & Koyama 2018), trained
+with the hinge loss (mmfm.train.gan).
 
     g = build_model("gan-mini")                       # 28x28x1, 20 classes
     x = g(torch.randn(8, g.config.z_dim), y)          # (8, 1, 28, 28) in [-1, 1]
@@ -35,7 +36,8 @@ class GANConfig(ModelConfig):
     def estimate_params(self) -> int:
         s, z, (c0, c1, c2) = self.image_size // 4, self.z_dim, self.g_channels
         fc = 2 * z * c0 * s * s + c0 * s * s
-        bns = sum(4 * c + 1 for c in (c0, c1, c2))  # weight, bias, running mean and var, batch counter
+        # conditional BatchNorm: a gain and a bias per class and channel, running mean and var, batch counter
+        bns = sum((2 * self.num_classes + 2) * c + 1 for c in (c0, c1, c2))
         return self.num_classes * z + fc + 16 * (c0 * c1 + c1 * c2) + 9 * c2 * self.channels + self.channels + bns
 
     @property
@@ -43,10 +45,29 @@ class GANConfig(ModelConfig):
         return 2 * self.g_width, self.g_width, self.g_width // 2
 
 
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm without its own affine, then a per-class gain and bias (SNGAN, BigGAN): the label sets the
+    scale and shift of every channel at every resolution, so the generator cannot ignore it."""
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=False)
+        self.gain = nn.Embedding(num_classes, channels)
+        self.bias = nn.Embedding(num_classes, channels)
+
+    def init_weights(self):
+        nn.init.ones_(self.gain.weight)  # starts as plain BatchNorm
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.bn(x) * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]  # (B, C, H, W)
+
+
 @register_family
 class Generator(Model):
     """forward(z (B, z_dim), y (B,)) -> (B, channels, image_size, image_size) in [-1, 1]: [z, embed(y)] -> linear
-    -> (2w, s, s) -> two 4x4 stride-2 transposed convs (BatchNorm, ReLU) -> 3x3 conv -> tanh (DCGAN)."""
+    -> (2w, s, s) -> two 4x4 stride-2 transposed convs -> 3x3 conv -> tanh (DCGAN), with class-conditional
+    BatchNorm (`ConditionalBatchNorm2d`) + ReLU before each conv (SNGAN / BigGAN conditioning)."""
 
     config_class = GANConfig
 
@@ -56,26 +77,28 @@ class Generator(Model):
         c0, c1, c2 = c.g_channels
         self.embed = nn.Embedding(c.num_classes, c.z_dim)
         self.fc = nn.Linear(2 * c.z_dim, c0 * (c.image_size // 4) ** 2)
-        self.net = nn.Sequential(
-            nn.BatchNorm2d(c0), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(c0, c1, 4, 2, 1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(c1, c2, 4, 2, 1, bias=False), nn.BatchNorm2d(c2), nn.ReLU(inplace=True),
-            nn.Conv2d(c2, c.channels, 3, 1, 1), nn.Tanh())
+        self.norms = nn.ModuleList(ConditionalBatchNorm2d(ch, c.num_classes) for ch in (c0, c1, c2))
+        self.convs = nn.ModuleList([nn.ConvTranspose2d(c0, c1, 4, 2, 1, bias=False),
+                                    nn.ConvTranspose2d(c1, c2, 4, 2, 1, bias=False),
+                                    nn.Conv2d(c2, c.channels, 3, 1, 1)])
         self.init_weights()
 
     def init_weights(self):
-        for m in self.modules():  # DCGAN: N(0, 0.02) weights, BatchNorm gains N(1, 0.02)
+        for m in self.modules():  # DCGAN: N(0, 0.02) weights; conditional BatchNorm gains 1, biases 0
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, 0.0, 0.02)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.normal_(m.weight, 1.0, 0.02)
-            if getattr(m, "bias", None) is not None:
+            if getattr(m, "bias", None) is not None and isinstance(m.bias, torch.Tensor):
                 nn.init.zeros_(m.bias)
+        for norm in self.norms:
+            norm.init_weights()
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         s = self.config.image_size // 4
         h = self.fc(torch.cat([z, self.embed(y)], dim=1))  # (B, c0 * s * s)
-        return self.net(h.view(len(z), -1, s, s))  # (B, c0, s, s) -> (B, C, H, W)
+        h = h.view(len(z), -1, s, s)  # (B, c0, s, s)
+        for norm, conv in zip(self.norms, self.convs):
+            h = conv(torch.relu(norm(h, y)))  # (B, c0, s, s) -> (B, c1, 2s, 2s) -> (B, c2, 4s, 4s) -> (B, C, H, W)
+        return torch.tanh(h)
 
     def example_inputs(self, batch_size: int = 2) -> dict:
         return {"z": torch.randn(batch_size, self.config.z_dim),
