@@ -29,6 +29,7 @@ from mmfm.adapt.data import label_subset, load_task, pixel_stats, to_backbone_in
 from mmfm.adapt.task import AdaptTask
 from mmfm.config import opt
 from mmfm.eval.classification import classification_metrics, confusion, plot_confusion
+from mmfm.eval.medmnist import medmnist_flag, medmnist_metrics
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 from mmfm.train.budget import time_limit
 from mmfm.train.classify import predict
@@ -90,12 +91,17 @@ def subset(pair, n: int, seed: int):
     return pair[0][keep], pair[1][keep]
 
 
-def evaluate(model, kind: TaskKind, data, names, out: Path) -> dict:
+def evaluate(model, kind: TaskKind, data, names, out: Path, medmnist: str | None = None) -> dict:
+    """Metrics per split; for a data set named after an official MedMNIST one (`medmnist` = its flag), also
+    `<split>/medmnist/acc` and `/auc` computed as MedMNIST's Evaluator does (mmfm.eval.medmnist)."""
     metrics = {}
     for split in ("val", "test"):
         images, targets = data[split]
         scores = kind.scores(predict(model, images))
         metrics.update(classification_metrics(kind.kind, scores, targets, prefix=f"{split}/"))
+        if medmnist:
+            m = medmnist_metrics(kind.kind, targets.cpu().numpy(), scores.cpu().numpy())
+            metrics.update({f"{split}/medmnist/{k}": v for k, v in m.items()})
         plot_confusion(confusion(kind.kind, scores, targets), names, out / f"confusion_{split}.png", f"{split} ({out.name})")
     return metrics
 
@@ -183,7 +189,8 @@ def main(argv=None):
     else:
         model = net
     net.to(trainer.strategy.root_device)  # Lightning moved it back to the CPU after fit
-    metrics = {**evaluate(net, kind, inputs, task.label_names, Path(args.out)), "val/best_loss": best_val_loss,
+    flag = medmnist_flag(task.name) if task.format == "npz" else None
+    metrics = {**evaluate(net, kind, inputs, task.label_names, Path(args.out), flag), "val/best_loss": best_val_loss,
                "steps": trainer.global_step, "stopped_early": stopped, "method": args.method, "init": str(args.preset),
                "from_scratch": args.from_scratch, "data": task.name, "kind": kind.kind,
                "label_fraction": train.label_fraction, "n_train": len(data["train"][1]), **count_params(model),

@@ -1,0 +1,142 @@
+"""Detect digits and animal silhouettes on canvases: torchvision FCOS on an mmfm ViT (simple feature pyramid) and on
+a timm ResNet-18 (+ FPN), side by side.
+
+    python recipes/detect.py                                   # both backbones, runs/detect
+    python recipes/detect.py backbones=vit --max-steps 300 dim=96 depth=3
+    python recipes/detect.py --preset runs/vit_detect/model    # a saved mmfm ViT (in_chans 1) as the ViT backbone
+
+Canvases (mmfm.detect.canvas): 96x96, 1-4 objects of 20-40 px from MNIST-5k and the animal silhouettes (20 classes),
+split by SOURCE image: no test digit or animal is in any training canvas. Each backbone trains --max-steps steps
+(the default equals 7.5 minutes at the solo 2-core CPU speed, so both fit in 15 minutes; docs/vision_tasks.md).
+`--preset` (default vit-mini with 8-px patches at the canvas size) and model overrides (dim=, depth=, n_heads=,
+patch_size=) shape the ViT. Writes <out>/metrics.json (`test/map_50`, `test/map` of the first backbone, and
+`test/<name>/map_50` ... for each, <name> = vit, resnet18, ...; the same for val), <out>/detections_<name>.png (test canvases with true
+and predicted boxes), and per backbone <out>/<name>/ (detector.json + model.safetensors: load_detector, loss.png,
+logs/, checkpoints/).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from mmfm.adapt.head import source_config
+from mmfm.config import ConfigError, opt
+from mmfm.detect import (CLASS_NAMES, CanvasConfig, DetectorConfig, DetectTask, build_detector, canvas_sets, collate,
+                         mean_ap, plot_detections, predict, save_detector)
+from mmfm.models.vit import ViT
+from mmfm.registry import build_model
+from mmfm.train import LossHistory, Timer, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
+from mmfm.train.recipe import checkpoint_to_resume, write_metrics
+
+log = logging.getLogger("detect")
+DEFAULT_PRESET = "vit-mini"
+DEFAULT_STEPS = 375  # per backbone: 375 x (1.10 + 1.28) s/step locked = 14.9 min (docs/vision_tasks.md)
+FIXED = ("img_size", "in_chans", "num_classes")  # set by the canvases, not by overrides
+
+
+@dataclass
+class DetectTrain:
+    backbones: str = "vit,timm:resnet18"  # comma-separated: vit, timm:NAME; the first gives test/map_50, test/map
+    batch_size: int = opt(16, lo=1)
+    lr: float = opt(1e-3, gt=0.0)
+    weight_decay: float = opt(0.05, lo=0.0)
+    warmup_steps: int = opt(50, lo=0)
+    augment: bool = True  # random shift/zoom of training canvases with their boxes (mmfm.detect.augmentation)
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    progress: bool = True
+
+
+def build_parser():
+    return recipe_parser(__doc__.splitlines()[0], DEFAULT_PRESET, DEFAULT_STEPS, "runs/detect")
+
+
+def make_vit(preset: str, canvas: CanvasConfig, overrides: dict) -> ViT:
+    """The ViT backbone: a preset (its config, fresh weights) or a saved folder (its weights), at the canvas size."""
+    bad = sorted(set(overrides) & set(FIXED))
+    if bad:
+        raise ConfigError(f"{', '.join(bad)}: set by the canvases (size={canvas.size}, 1 channel, "
+                          f"{len(CLASS_NAMES)} classes), not by model overrides")
+    fixed = dict(img_size=canvas.size, num_classes=0)
+    if Path(preset, "config.json").is_file():
+        vit = build_model(preset, **overrides, **fixed)
+    else:
+        base = dict(patch_size=8) if preset == DEFAULT_PRESET else {}
+        vit = build_model(preset, **{**base, **overrides, **fixed})
+    if not isinstance(vit, ViT) or vit.config.in_chans != 1:
+        raise ConfigError(f"--preset {preset}: needs a 1-channel mmfm ViT (a ViT preset or saved ViT folder)")
+    return vit
+
+
+def train_one(args, train: DetectTrain, cfg: DetectorConfig, vit, sets, name: str):
+    """Fit one detector for --max-steps steps; returns it (on the CPU)."""
+    model = build_detector(cfg, vit if cfg.backbone == "vit" else None)
+    run = copy.copy(args)
+    run.out = str(Path(args.out) / name)
+    loader = DataLoader(sets["train"], batch_size=train.batch_size, shuffle=True, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(args.seed))
+    task = DetectTask(model, train.lr, train.weight_decay, train.warmup_steps, args.max_steps)
+    trainer = make_trainer(run, callbacks=[LossHistory(run.out, title=f"FCOS on {cfg.backbone}")],
+                           enable_progress_bar=train.progress, limit_val_batches=0)
+    resume = checkpoint_to_resume(str(Path(args.resume) / name)) if args.resume else None
+    trainer.fit(task, loader, ckpt_path=resume)
+    log.info("%s: %d steps, %d parameters", cfg.backbone, trainer.global_step, sum(p.numel() for p in model.parameters()))
+    return model.cpu(), trainer.global_step
+
+
+def evaluate(model, sets, name: str, out: Path) -> dict:
+    metrics = {}
+    for split in ("val", "test"):
+        loader = DataLoader(sets[split], batch_size=32, collate_fn=collate)
+        preds, targets, images = predict(model, loader)
+        metrics.update(mean_ap(preds, targets, prefix=f"{split}/{name}/"))
+        if split == "test":
+            plot_detections(images, preds, targets, CLASS_NAMES, out / f"detections_{name}.png",
+                            title=f"FCOS on {name}: test canvases, true (green) and predicted >= 0.3 (red)")
+    return metrics
+
+
+def main(argv=None):
+    setup_logging()
+    args = parse_args(build_parser(), argv)
+    routed = split_overrides(args.overrides, model=source_config(args.preset), canvas=CanvasConfig(),
+                             detector=DetectorConfig(), train=DetectTrain())
+    bad = sorted(set(routed["detector"]) & set(FIXED) | {"backbone"} & set(routed["detector"]))
+    if bad:
+        raise ConfigError(f"{', '.join(bad)}: set by the canvases and backbones=, not by overrides")
+    train, canvas = DetectTrain(**routed["train"]), CanvasConfig(**routed["canvas"])
+    names = [b.strip() for b in train.backbones.split(",") if b.strip()]
+    if not names or len({n.split(":")[-1] for n in names}) != len(names):
+        raise ConfigError(f"backbones={train.backbones!r}: one or more distinct names (vit, timm:NAME)")
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    torch.manual_seed(args.seed)
+    timer = Timer()
+    sets = canvas_sets(canvas, args.seed, augment=train.augment)
+    metrics = {"canvas": asdict(canvas), "max_steps": args.max_steps, "backbones": names}
+    out = Path(args.out)
+    for i, name in enumerate(names):
+        cfg = DetectorConfig(**{**routed["detector"], "backbone": name, "img_size": canvas.size, "in_chans": 1,
+                                "num_classes": len(CLASS_NAMES)})
+        vit = make_vit(args.preset, canvas, routed["model"]) if name == "vit" else None
+        short = name.split(":")[-1]  # vit, resnet18: the folder, picture and metric-key name
+        started = timer.elapsed
+        model, steps = train_one(args, train, cfg, vit, sets, short)
+        save_detector(model, cfg, out / short)
+        m = evaluate(model, sets, short, out)
+        m.update({f"train_s/{short}": round(timer.elapsed - started, 1), f"steps/{short}": steps})
+        if i == 0:
+            m.update({f"{s}/{k}": m[f"{s}/{short}/{k}"] for s in ("val", "test") for k in ("map", "map_50")})
+        metrics.update(m)
+        log.info("%s: %s", name, {k: v for k, v in m.items() if "test/" in k})
+    metrics["wall_s"] = round(timer.elapsed, 1)
+    write_metrics(out, metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
