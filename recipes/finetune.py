@@ -10,7 +10,9 @@ DICOM or NIfTI folder with labels.csv, or `brain_mri`, `digits`, `animals` (mmfm
 Without --val-data / --test-data those splits are drawn from --data by --seed (val_fraction, test_fraction).
 Early stopping on the validation loss; the best validation checkpoint is restored before testing. Writes <out>/model (a plain mmfm ViT with the task
 head, LoRA merged: mmfm.build_model(<out>/model)), <out>/metrics.json (flat keys: val/..., test/...),
-confusion_{val,test}.png, loss.png, logs/ and checkpoints/.
+confusion_{val,test}.png, loss.png, logs/ and checkpoints/; with explain=N also explain_gradcam.png (and for a ViT
+explain_rollout.png): overlays for N test images (mmfm.explain). A MedMNIST-layout .npz named after an official
+data set (pathmnist.npz, chestmnist_64.npz, ...) also gets {val,test}/medmnist/{acc,auc} as MedMNIST's Evaluator.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from mmfm.adapt.task import AdaptTask
 from mmfm.config import opt
 from mmfm.eval.classification import classification_metrics, confusion, plot_confusion
 from mmfm.eval.medmnist import medmnist_flag, medmnist_metrics
+from mmfm.explain import save_explanations
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 from mmfm.train.budget import time_limit
 from mmfm.train.classify import predict
@@ -60,6 +63,7 @@ class FinetuneTrain:
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     progress: bool = True  # the progress bar (off for grids of runs)
     max_minutes: float = opt(0.0, lo=0.0)  # >0: also stop training after this many minutes (rank 0's clock), whichever first
+    explain: int = opt(0, lo=0)  # >0: Grad-CAM (and for a ViT attention-rollout) overlays of this many test images
 
 
 def build_parser():
@@ -195,7 +199,11 @@ def main(argv=None):
                "from_scratch": args.from_scratch, "data": task.name, "kind": kind.kind,
                "label_fraction": train.label_fraction, "n_train": len(data["train"][1]), **count_params(model),
                "format": task.format, **{f"split/{k}": v for k, v in task.sizes.items()}}
-    return finish(args, merge_lora(model), metrics, timer)
+    model = merge_lora(model)
+    if train.explain:
+        save_explanations(model.to(trainer.strategy.root_device), data["test"][0], data["test"][1], task.label_names,
+                          stats, args.out, train.explain)
+    return finish(args, model, metrics, timer)
 
 
 if __name__ == "__main__":

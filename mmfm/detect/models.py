@@ -20,6 +20,7 @@ import torch.nn as nn
 from timm.layers import LayerNorm2d
 
 from ..config import opt
+from ..explain.maps import tokens_to_grid
 from ..models.vit import ViT, ViTConfig
 
 @dataclass
@@ -80,14 +81,6 @@ class ViTPyramid(nn.Module):
         h, w = images.shape[-2] // p, images.shape[-1] // p
         grid = tokens_to_grid(tokens, h, w)  # (B, D, h, w)
         return OrderedDict((str(s), level(grid)) for s, level in zip(self.strides, self.levels))
-
-
-def tokens_to_grid(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """ViT tokens (B, n_prefix + h * w, D) -> patch-token map (B, D, h, w) (prefix tokens dropped)."""
-    B, n, D = tokens.shape
-    if n < h * w:
-        raise ValueError(f"{n} tokens cannot fill a {h}x{w} grid")
-    return tokens[:, n - h * w:].transpose(1, 2).reshape(B, D, h, w)  # (B, D, h, w)
 
 
 class TimmPyramid(nn.Module):
