@@ -18,6 +18,7 @@ import dataclasses
 import logging
 
 import lightning as L
+import torch
 
 from mmfm.train import Timer, parse_args, recipe_parser, setup_logging, split_overrides, write_metrics
 from mmfm.train.arith_t2t import ArithConfig, arith_data, arith_scores, arith_tokenizer, build_gpt, \
@@ -79,6 +80,8 @@ def main(argv=None) -> dict:
     if args.preset != "gpt+t5":
         parser.error("--preset: the two models are built from the config (n_embd=, gpt_layers=, t5_layers=)")
     cfg = ArithConfig(**split_overrides(args.overrides, train=ArithConfig())["train"])
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     timer = Timer()
     data = arith_data(cfg, args.seed)
     tok = arith_tokenizer(data)

