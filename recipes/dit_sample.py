@@ -2,7 +2,8 @@
 
     python recipes/dit_sample.py --model runs/dit/model --classes seven,cat,zebra --seeds 8 --out seven_cat_zebra.png
     python recipes/dit_sample.py --model runs/dit_text/model --prompt "a handwritten digit seven" --guidance 3
-Rows are the classes / prompts, columns the seeds (seed, seed + 1, ...). `--device auto` samples on CUDA
+Rows are the classes / prompts, columns the seeds (seed, seed + 1, ...). A latent model (`dit_train.py vae=`)
+is decoded through the VAE saved in its folder (<model>/vae) and cropped to the training images' size. `--device auto` samples on CUDA
 when visible; the initial noise is drawn on the CPU from each column's seed, so a grid is the same on any device.
 """
 from __future__ import annotations
@@ -40,6 +41,38 @@ def conditions(model_dir: Path, meta: dict, classes: str | None, prompts: list[s
     return {"y": torch.tensor([meta["class_names"].index(n) for n in names])}, names
 
 
+def latent_decoder(model_dir: Path, meta: dict, device):
+    """The decoder of a latent model's samples (its VAE, the saved latent scale, cropped to the images' size),
+    or None for a pixel model."""
+    if meta.get("latent_scale") is None:
+        return None
+    from mmfm.diffusion.latent import LatentCodec
+
+    folder = model_dir / "vae"
+    if not (folder / "config.json").is_file():  # folders from before vae/ was saved: the VAE it was trained with
+        folder = Path(meta["train"]["vae"])
+    size = meta.get("image_size") or 28  # older folders: the built-in 28 px data, the only data vae= takes
+    codec = LatentCodec.from_folder(folder, image_size=size, scale=meta["latent_scale"]).to(device)
+    log.info("latent model: samples decoded by %s and cropped to %d px", folder, size)
+    return codec.decode
+
+
+def generate(model_dir: Path, classes: str | None = None, prompts: list[str] | None = None, seeds: list[int] = (0,),
+             steps: int = 20, sampler: str = "dpm++", guidance: float = 2.0, device="cpu") -> tuple[torch.Tensor, list[str]]:
+    """(images in [-1, 1], row names): one row per class / prompt, one column per seed, decoded to pixels."""
+    model = mmfm.build_model(model_dir).eval().to(device)
+    meta = json.loads((model_dir / "diffusion.json").read_text())
+    cond, names = conditions(model_dir, meta, classes, prompts)
+    seeds = list(seeds)
+    cfg = model.config
+    shape_one = (cfg.in_channels, cfg.input_size, cfg.input_size)
+    cond = {k: v.to(device).repeat_interleave(len(seeds), 0) for k, v in cond.items()}  # row-major: each row per seed
+    images = sample(model, make_sampler(sampler, load_scheduler_config(model_dir)), (len(names) * len(seeds), *shape_one),
+                    cond, guidance, steps, noise=column_noise(shape_one, len(names), seeds))
+    decode = latent_decoder(model_dir, meta, device)
+    return (decode(images) if decode else images), names
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="runs/dit/model", help="a folder saved by recipes/dit_train.py")
@@ -54,18 +87,9 @@ def main(argv=None):
     p.add_argument("--out", default="samples.png")
     a = p.parse_args(argv)
     setup_logging()
-    model_dir = Path(a.model)
     device = torch.device("cuda" if resolve_accelerator(a.device)[0] == "gpu" else "cpu")
-    model = mmfm.build_model(model_dir).eval().to(device)
-    meta = json.loads((model_dir / "diffusion.json").read_text())
-    cond, names = conditions(model_dir, meta, a.classes, a.prompt)
     seeds = list(range(a.seed, a.seed + a.seeds))
-    cfg = model.config
-    shape_one = (cfg.in_channels, cfg.input_size, cfg.input_size)
-    cond = {k: v.to(device).repeat_interleave(len(seeds), 0) for k, v in cond.items()}  # row-major: each row per seed
-    scheduler = make_sampler(a.sampler, load_scheduler_config(model_dir))
-    images = sample(model, scheduler, (len(names) * len(seeds), *shape_one), cond, a.guidance, a.steps,
-                    noise=column_noise(shape_one, len(names), seeds))
+    images, names = generate(Path(a.model), a.classes, a.prompt, seeds, a.steps, a.sampler, a.guidance, device)
     path = save_grid(images, len(names), a.out, names, [f"s{s}" for s in seeds],
                      f"{a.sampler} {a.steps} steps, guidance {a.guidance}")
     log.info("wrote %s (sampled on %s)", path, device)

@@ -5,9 +5,11 @@
     python recipes/dit_train.py prediction_type=flow sampler=euler --out runs/dit_flow   # rectified flow
     python recipes/dit_train.py --preset dit-mini-4 text_encoder=runs/clip/model --out runs/dit_text
     python recipes/dit_train.py vae=runs/vae/model --out runs/gen_latent     # on the latents of recipes/vae_train.py
+    python recipes/dit_train.py vae=runs/vae/model export=runs/gen_latent/pipeline   # + a diffusers DiTPipeline folder
     python recipes/dit_train.py --data my_images/ classifier=runs/vit_mine/model --out runs/dit_mine
 
-Writes <out>/model (EMA weights + scheduler/ + diffusion.json), <out>/samples.png (rows = classes,
+Writes <out>/model (EMA weights + scheduler/ + diffusion.json; + vae/, the decoder, for a latent model),
+<out>/samples.png (rows = classes,
 columns = seeds) and samples/step_*.png, <out>/metrics.json (conditional accuracy and FID in the
 runs/vit classifier's feature space, beside the real-vs-real floor), loss.png, logs/, checkpoints/.
 The quality judge: when the default runs/vit/model is missing, recipes/vit_classify.py is run first with its
@@ -70,6 +72,7 @@ class DiTTrain:
     text_encoder: str = ""  # a saved mmfm CLIP folder: condition on its text tower (frozen) instead of labels
     text_tokens: bool = False  # also cross-attend over the text tokens (needs text_encoder)
     vae: str = ""  # a saved VAE folder (recipes/vae_train.py): train on its latents, decode samples through it
+    export: str = ""  # with vae=: also write the trained model as a diffusers DiTPipeline folder here
     max_minutes: float = opt(13.5, lo=0.0)  # >0: also stop training after this many minutes (the CPU budget), whichever first
     limit: int | None = None  # images per dataset and split (tests, smoke runs)
     val_fraction: float = opt(0.1, lo=0.0, lt=1.0)  # with --data and no --val-data (vit_classify's split, so its judge
@@ -183,6 +186,7 @@ def main(argv=None):
         torch.set_num_threads(train.threads)
     if train.vae and args.data is not None:
         raise ConfigError(f"vae={train.vae} goes with the built-in datasets= (the VAE pads their 28 px images); not --data")
+    check_export(train, routed["model"])
     data, test, sizes = load_data(args, train, {**asdict(cfg), **routed["model"]})
     codec, images = None, data.images
     if train.vae:  # the DiT learns the VAE's latents; its shape comes from the VAE
@@ -225,12 +229,42 @@ def main(argv=None):
     if judge_s:
         metrics["judge_train_s"] = judge_s
     metrics["eval_s"] = round(timer.elapsed - train_s, 2)
-    save_scheduler(scheduler, Path(args.out) / "model")
-    meta = {"class_names": data.class_names, "datasets": list(data.datasets), "text_encoder": train.text_encoder,
-            "text_tokens": train.text_tokens, "train": asdict(train), "latent_scale": codec.scale if codec else None}
-    (Path(args.out) / "model").mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "model" / "diffusion.json").write_text(json.dumps(meta, indent=2))
+    save_extras(Path(args.out) / "model", train, ema.model, scheduler, data, codec)
     return finish(args, ema.model, metrics, timer)
+
+
+def check_export(train: DiTTrain, model_over: dict) -> None:
+    """Refuse an export= that cannot be written, before training; an exported model gets diffusers' timestep
+    frequencies (timestep_freq_shift=1, unless given) so that the pipeline folder reloads to the same function."""
+    if not train.export:
+        return
+    if not train.vae:
+        raise ConfigError(f"export={train.export}: a diffusers DiTPipeline decodes latents through a VAE; train on "
+                          "latents with vae=<folder> (recipes/vae_train.py)")
+    if train.text_encoder:
+        raise ConfigError(f"export={train.export}: diffusers' DiTPipeline takes class labels, not text_encoder=")
+    if "timestep_freq_shift" not in model_over:
+        model_over["timestep_freq_shift"] = 1
+        log.info("export=: timestep_freq_shift=1 (diffusers' timestep frequencies, so the exported folder is exact)")
+
+
+def save_extras(folder: Path, train: DiTTrain, model, scheduler, data: LabelledImages, codec) -> None:
+    """Beside the weights: the training scheduler, diffusion.json (classes, conditioning, latent scale and image
+    size), the VAE (vae/) of a latent model, and with export= the diffusers DiTPipeline folder."""
+    save_scheduler(scheduler, folder)
+    meta = {"class_names": data.class_names, "datasets": list(data.datasets), "text_encoder": train.text_encoder,
+            "text_tokens": train.text_tokens, "train": asdict(train), "latent_scale": codec.scale if codec else None,
+            "image_size": codec.image_size if codec else None}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "diffusion.json").write_text(json.dumps(meta, indent=2))
+    if codec is None:
+        return
+    codec.vae.save_pretrained(folder / "vae")  # recipes/dit_sample.py decodes through it
+    if train.export:
+        from mmfm.interop.dit_pipeline import export_dit_pipeline
+
+        export_dit_pipeline(model.cpu().eval(), make_sampler(train.sampler, scheduler.config), codec.vae.cpu(),
+                            codec.scale, data.class_names, train.export)
 
 
 def quality(model, scheduler, train: DiTTrain, judge: str | None, test: LabelledImages, prompts, codec=None) -> dict:

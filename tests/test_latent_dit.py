@@ -1,4 +1,5 @@
-"""DiT on VAE latents: padding, the latent codec (scale, shapes, decode to the data's size), the recipe's vae=."""
+"""DiT on VAE latents: padding, the latent codec (scale, shapes, decode to the data's size), the recipe's vae=
+and export=, dit_sample decoding a latent model, the DiTPipeline export."""
 import json
 
 import pytest
@@ -58,7 +59,12 @@ def test_latent_training_data_takes_the_shape_from_the_vae(vae_folder):
 
 
 def test_dit_recipe_on_vae_latents(tmp_path, monkeypatch):
+    """vae= trains on latents; export= writes a DiTPipeline folder; dit_sample decodes the latents."""
+    from diffusers import DDIMScheduler, DiTPipeline
     from test_dit_train import fake_sources, load_recipe
+
+    from mmfm.diffusion import load_scheduler_config, make_sampler, sample
+    from mmfm.train.diffusion import column_noise
 
     from mmfm.train import classify
 
@@ -67,18 +73,42 @@ def test_dit_recipe_on_vae_latents(tmp_path, monkeypatch):
     build_vae("vae-test", in_channels=1, sample_size=32).save_pretrained(vae)  # 28 px padded to 32 -> 16x16x4
     judge = tmp_path / "judge"
     mmfm.build_model("vit-test", img_size=28, patch_size=7, in_chans=1, num_classes=20).save_pretrained(judge)
-    dit_train = load_recipe("dit_train")
-    out = tmp_path / "dit"
+    dit_train, dit_sample = load_recipe("dit_train"), load_recipe("dit_sample")
+    out, pipe_dir = tmp_path / "dit", tmp_path / "pipe"
     m = dit_train.main(["--out", str(out), "--preset", "dit-test", "depth=1", "--max-steps", "2", "batch_size=8",
-                        "limit=16", "sample_steps=2", "sample_every=0", f"vae={vae}", f"classifier={judge}"])
-    model = mmfm.build_model(out / "model")  # the judge scored decoded 28x28 images, or it would have failed
+                        "limit=16", "sample_steps=2", "sample_every=0", f"vae={vae}", f"classifier={judge}",
+                        "sampler=ddim", f"export={pipe_dir}"])
+    model = mmfm.build_model(out / "model").eval()  # the judge scored decoded 28x28 images, or it would have failed
     assert (model.config.input_size, model.config.in_channels, model.config.patch_size) == (16, 4, 1)
+    assert model.config.timestep_freq_shift == 1  # export= picks diffusers' frequencies: the folder is exact
     assert m["steps"] == 2 and 0 <= m["cond_accuracy/digits"] <= 1 and m["fid/animals"] > 0
     meta = json.loads((out / "model" / "diffusion.json").read_text())
-    assert meta["train"]["vae"] == str(vae) and meta["latent_scale"] > 0
+    assert meta["train"]["vae"] == str(vae) and meta["latent_scale"] > 0 and meta["image_size"] == 28
     assert (out / "samples.png").stat().st_size > 1000
+
+    # dit_sample decodes a latent model's samples through the VAE saved beside it, cropped to 28 px
+    images, names = dit_sample.generate(out / "model", "d3,a1", seeds=[0, 1], steps=2, sampler="ddim", guidance=2.0)
+    assert names == ["d3", "a1"] and images.shape == (4, 1, 28, 28) and images.abs().max() <= 1
+    codec = LatentCodec.from_folder(out / "model" / "vae", image_size=28, scale=meta["latent_scale"])
+    sampler = make_sampler("ddim", load_scheduler_config(out / "model"))
+    y = torch.tensor([3, 11]).repeat_interleave(2)  # d3, a1: rows of two seeds
+    z = sample(model, sampler, (4, 4, 16, 16), {"y": y}, 2.0, 2, noise=column_noise((4, 16, 16), 2, [0, 1]))
+    torch.testing.assert_close(images, codec.decode(z))
+
+    # export=: a diffusers DiTPipeline folder of the trained model that diffusers opens and samples from
+    pipe = DiTPipeline.from_pretrained(pipe_dir)
+    assert pipe.get_label_ids(["d3", "a1"]) == [3, 11] and isinstance(pipe.scheduler, DDIMScheduler)
+    got = pipe([3, 11], guidance_scale=2.0, num_inference_steps=2, generator=torch.Generator().manual_seed(5),
+               output_type="pt").images
+    noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(5))  # the pipeline's draw
+    z = sample(model, sampler, (2, 4, 16, 16), {"y": torch.tensor([3, 11])}, 2.0, 2, noise=noise)
+    with torch.no_grad():  # the same guided DDIM path; diffusers decodes the whole 32 px frame
+        ours = (codec.vae.decode(z / meta["latent_scale"]).sample / 2 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(got, ours, atol=1e-4, rtol=1e-4)
     with pytest.raises(ConfigError, match="vae=.* goes with the built-in datasets="):
         dit_train.main(["--out", str(out), "--data", str(tmp_path), f"vae={vae}"])
+    with pytest.raises(ConfigError, match="export=.*decodes latents through a VAE; train on latents with vae="):
+        dit_train.main(["--out", str(out), f"export={pipe_dir}"])
 
 
 def test_dit_pipeline_export_opens_and_samples_in_diffusers(tmp_path):

@@ -1,7 +1,7 @@
 """Export a class-conditional latent DiT as a diffusers `DiTPipeline` folder (transformer + scheduler + VAE).
 
     export_dit_pipeline(dit, sampler, vae, latent_scale, class_names, "runs/pipe")
-    pipe = diffusers.DiTPipeline.from_pretrained("runs/pipe"); pipe([3, 7], guidance_scale=4).images
+    pipe = diffusers.DiTPipeline.from_pretrained("runs/pipe"); pipe(pipe.get_label_ids(["three", "cat"])).images
 
 diffusers' pipeline draws the null label as the fixed id 1000 (ImageNet's) for classifier-free guidance, so the
 exported transformer's label table is padded to 1,000 classes: rows 0..N-1 are the model's classes and every
@@ -9,6 +9,7 @@ row from N to 1000 holds its null embedding (the function is unchanged for the r
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -51,5 +52,8 @@ def export_dit_pipeline(model: DiT, scheduler, vae, latent_scale: float, class_n
     id2label = {i: str(name) for i, name in enumerate(class_names)}
     pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler, id2label=id2label)
     pipe.save_pretrained(path)
+    index = Path(path) / "model_index.json"  # DiTPipeline does not save id2label; from_pretrained reads it from
+    meta = json.loads(index.read_text())     # here (as in the facebook/DiT-XL-2 folders), so pipe.labels works
+    index.write_text(json.dumps({**meta, "id2label": id2label}, indent=2))
     log.info("wrote a DiTPipeline folder %s (%d classes, null id %d)", path, len(id2label), PIPELINE_NULL)
     return Path(path)
