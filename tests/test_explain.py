@@ -123,3 +123,20 @@ def test_finetune_explain_saves_overlays(tmp_path):
                                              "img_size=16", "explain=3", "lora_rank=2", "progress=false"])
     assert (out / "explain_gradcam.png").stat().st_size > 1000 and (out / "explain_rollout.png").stat().st_size > 1000
     assert 0 < m["trainable_params"] < m["params"]  # counted before the LoRA merge
+
+
+def test_faithfulness_cli_on_a_tiny_npz(tmp_path, vit):
+    import json
+
+    from mmfm.data.medical import save_npz
+    from mmfm.explain.faithfulness import main
+
+    r = np.random.default_rng(0)
+    images = {s: (r.random((6, 32, 32, 3)) * 255).astype(np.uint8) for s in ("train", "val", "test")}
+    labels = {s: (np.arange(6) % 3)[:, None] for s in images}
+    data = save_npz(tmp_path / "t.npz", images, labels, "multiclass", ["a", "b", "c"])
+    folder = vit.save_pretrained(tmp_path / "model")
+    curves = main([str(folder), "--data", str(data), "--steps", "2", "--out", str(tmp_path / "f")])
+    saved = json.loads((tmp_path / "f" / "deletion.json").read_text())
+    assert set(curves) == {"gradcam", "rollout"} and saved["patch"] == 8 and saved["n"] == 6
+    assert len(saved["gradcam"]["attributed"]) == 3 and (tmp_path / "f" / "deletion.png").stat().st_size > 1000

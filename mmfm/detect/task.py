@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from ..explain.overlay import save_figure
 from ..train.optim import build_optimizer, build_scheduler
 
 
@@ -79,9 +80,4 @@ def plot_detections(images, preds, targets, names, path: str | Path, n: int = 8,
             ax.text(x0, y0 - 1, f"{names[c]} {s:.2f}", color="red", fontsize=6, va="bottom")
         ax.axis("off")
     fig.suptitle(title or "test canvases: true (green), predicted (red, dashed)", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

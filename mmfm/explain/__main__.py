@@ -29,7 +29,7 @@ def load_image(path: str | Path) -> np.ndarray:
 def main(argv=None):
     from .. import build_model
     from ..adapt.data import pixel_stats, to_backbone_input
-    from .maps import METHODS, explain, gradcam
+    from .maps import METHODS, explain
     from .overlay import display_image, save_overlays
 
     p = argparse.ArgumentParser(prog="python -m mmfm.explain", description=__doc__.splitlines()[0])

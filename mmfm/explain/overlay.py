@@ -35,10 +35,17 @@ def save_overlays(images: list[np.ndarray], maps: list[torch.Tensor], titles: li
             ax.axis("off")
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write (folders made) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
