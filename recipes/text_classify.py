@@ -122,6 +122,25 @@ def retrieval(bert: BERT, x: dict, texts: dict, plays: dict) -> dict:
     return out
 
 
+def bert_runs(args, cfg, bert: BERT, num_labels: int, data: dict, weight, metrics: dict):
+    """The --init BERT fine-tuned (`bert`) and the same from random weights (`scratch`), as --models asks;
+    their scores go into `metrics`. Returns the fine-tuned classifier (None when `bert` was not asked)."""
+    model = None
+    if "bert" in args.models:
+        L.seed_everything(args.seed)
+        model = SequenceClassifier(with_classifier(bert, num_labels))
+        tuned = classifier_run(args, "pretrained", model, cfg, data, weight)
+        metrics.update({"test": tuned["test"], "val": tuned["val"]})
+    if "scratch" in args.models:
+        L.seed_everything(args.seed)
+        fresh = BERT(bert.config)  # the same architecture, random weights
+        fresh.tokenizer = bert.tokenizer
+        scratch = classifier_run(args, "scratch", SequenceClassifier(with_classifier(fresh, num_labels)), cfg,
+                                 data, weight)
+        metrics.update({"scratch": scratch["test"], "scratch_val": scratch["val"]})
+    return model
+
+
 def parse(argv):
     parser = recipe_parser(__doc__.splitlines()[0], preset="bert", max_steps=400, out="runs/text_classify")
     parser.add_argument("--init", default=DEFAULT_INIT, help="a pretrained BERT folder (from mlm_pretrain.py)")
@@ -164,19 +183,7 @@ def main(argv=None) -> dict:
                "baseline_C": baseline["C"]}
     if "retrieval" in args.models:
         metrics.update(retrieval(bert, {k: v[0] for k, v in data.items()}, texts, plays))
-    model = None
-    if "bert" in args.models:
-        L.seed_everything(args.seed)
-        model = SequenceClassifier(with_classifier(bert, len(classes)))
-        tuned = classifier_run(args, "pretrained", model, cfg, data, weight)
-        metrics.update({"test": tuned["test"], "val": tuned["val"]})
-    if "scratch" in args.models:
-        L.seed_everything(args.seed)
-        fresh = BERT(bert.config)  # the same architecture, random weights
-        fresh.tokenizer = bert.tokenizer
-        scratch = classifier_run(args, "scratch", SequenceClassifier(with_classifier(fresh, len(classes))), cfg,
-                                 data, weight)
-        metrics.update({"scratch": scratch["test"], "scratch_val": scratch["val"]})
+    model = bert_runs(args, cfg, bert, len(classes), data, weight, metrics)
     if "gpt" in args.models:
         gpt = gpt_run(args, cfg, bert, texts, labels, weight, max_len)
         metrics.update({"gpt": gpt["test"], "gpt_val": gpt["val"], "gpt_init": args.gpt_init or "scratch"})
