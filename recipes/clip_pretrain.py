@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
     task = ClipTask(model, train, args.max_steps)
     history = LossHistory(args.out, prefixes=("train/loss",), title=f"{args.preset} contrastive loss")
     trainer = make_trainer(args, callbacks=[history], limit_val_batches=0, num_sanity_val_steps=0,
-                           use_distributed_sampler=isinstance(train_data, PairSet))  # map-style: Lightning shards it
+                           use_distributed_sampler=False)  # the stream splits shards; a PairSet's sampler, ranks
     fit_timer = Timer()
     trainer.fit(task, loader, ckpt_path=_ckpt(args))
     fit_s = fit_timer.elapsed

@@ -38,6 +38,16 @@ KILL = textwrap.dedent('''
 ''')
 
 
+def run_recipe(tmp: Path, recipe: str, out: str, *args: str, kill_at: int | None = None):
+    """The recipe in a subprocess with 1 OpenMP thread (exactness needs the same thread count in every run);
+    with kill_at, through KILL (tmp/kill.py), every rank exiting at once at the start of that step."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    (tmp / "kill.py").write_text(KILL)
+    head = [str(tmp / "kill.py"), recipe, str(kill_at)] if kill_at is not None else [recipe]
+    cmd = [sys.executable, *head, "--out", str(tmp / out), "--device", "cpu", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=tmp)
+
+
 def _args(name: str, tmp: Path, base_model: Path) -> list[str]:
     if name == "clip_pretrain":  # 10 pairs, 2 held out: 4 per rank, one batch of 4
         return ["--data", str(_csv(tmp / "data" / "pairs.csv", n=10)), *CLIP_TINY]
@@ -48,15 +58,11 @@ def _args(name: str, tmp: Path, base_model: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["clip_pretrain", "dpo"])
 def test_killed_fsdp_run_resumes_to_the_uninterrupted_weights(tmp_path, base, name):  # noqa: F811
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    (tmp_path / "kill.py").write_text(KILL)
     recipe, args = str(ROOT / "recipes" / f"{name}.py"), _args(name, tmp_path, base)
 
     def run(out, *extra, kill_at=None):
-        head = [str(tmp_path / "kill.py"), recipe, str(kill_at)] if kill_at is not None else [recipe]
-        cmd = [sys.executable, *head, "--out", str(tmp_path / out), "--max-steps", "4", "--ckpt-every", "2",
-               "--device", "cpu", "--devices", "2", "--strategy", "fsdp", *args, *extra]
-        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+        return run_recipe(tmp_path, recipe, out, "--max-steps", "4", "--ckpt-every", "2", "--devices", "2",
+                          "--strategy", "fsdp", *args, *extra, kill_at=kill_at)
 
     proc = run("whole")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import ConfigError
+from ..data.stepstream import resumable_loader
 from ..train import checkpoint_to_resume
 from ..train.strategies import unshard_children
 
@@ -41,13 +42,13 @@ def splits(args, write_builtin, reader, val_fraction: float):
 
 
 def train_loader(dataset, batch_size: int, collate, seed: int) -> DataLoader:
-    """A shuffled loader of full batches; a batch larger than the data shrinks to it."""
+    """A shuffled loader of full batches; a batch larger than the data shrinks to it. Resumable mid-epoch
+    (mmfm.data.stepstream.resumable_loader)."""
     if len(dataset) == 0:
         raise ValueError("no training examples left after the split; give more data or a smaller val_fraction")
     if batch_size > len(dataset):
         log.warning("batch_size %d > %d training examples: using %d", batch_size, len(dataset), len(dataset))
-    return DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=True, drop_last=True,
-                      collate_fn=collate, generator=torch.Generator().manual_seed(seed))
+    return resumable_loader(dataset, min(batch_size, len(dataset)), seed, collate_fn=collate)
 
 
 def fit(trainer, task, args, train, val=None) -> bool:

@@ -22,6 +22,7 @@ from PIL import Image
 from ..config import ConfigError
 from .formats import DataFormatError, Format, fingerprint, read_utf8, require_path, split_examples, unknown_format
 from .imagetext import read_classes
+from .stepstream import resumable_loader
 from .webdata import (DECODE_ERRORS, SkipCounter, check_shards, concat_batches, expand_urls, image_text_dataset,
                       image_text_loader)
 
@@ -336,7 +337,8 @@ def load_pairs(pairs: PairSet, transform, collate, batch_size: int = 512) -> dic
 def train_loader(data: str | PairSet, transform, collate, batch_size: int, num_workers: int = 1,
                  shuffle: int = 2000, random_caption: bool = True, seed: int = 0, world: int = 1):
     """The training loader of either kind: the endless webdataset stream for shards, a shuffled map-style
-    DataLoader (full batches; Lightning adds the DistributedSampler under DDP) for a PairSet."""
+    loader (full batches, split over the ranks under DDP/FSDP) for a PairSet, resumable mid-epoch
+    (mmfm.data.stepstream.resumable_loader)."""
     if not isinstance(data, PairSet):
         ds = image_text_dataset(data, transform, collate, batch_size, shuffle=shuffle,
                                 random_caption=random_caption, seed=seed)
@@ -345,10 +347,8 @@ def train_loader(data: str | PairSet, transform, collate, batch_size: int, num_w
         raise ConfigError(f"batch_size={batch_size} x {world} process(es) is more than the {len(data)} training "
                           f"pairs: set batch_size={max(1, len(data) // world)} or less")
     handler = SkipCounter()
-    return torch.utils.data.DataLoader(
-        PairDataset(data, transform, handler), batch_size=batch_size, shuffle=True, drop_last=True,
-        num_workers=num_workers, persistent_workers=num_workers > 0, collate_fn=CountingCollate(collate, handler),
-        generator=torch.Generator().manual_seed(seed))
+    return resumable_loader(PairDataset(data, transform, handler), batch_size, seed, num_workers=num_workers,
+                            persistent_workers=num_workers > 0, collate_fn=CountingCollate(collate, handler))
 
 
 def resolve_pairs(data, test_data=None, keys: CsvKeys = CsvKeys(), test_fraction: float = 0.2,
