@@ -1,10 +1,14 @@
 """open_clip <-> mmfm CLIP: embeddings and logits agree both ways (random weights, small custom configs)."""
+import dataclasses
+
 import open_clip
 import pytest
 import torch
+from open_clip.transformer import QuickGELU
 
 import mmfm
 from mmfm.interop import from_open_clip, to_open_clip
+from mmfm.models.clip import CLIP
 from mmfm.tokenizers import ByteBPETokenizer
 
 
@@ -122,20 +126,40 @@ def test_converted_open_clip_model_runs_mmfm_zeroshot():
     assert _max_diff(encode_texts(clip, clip.tokenizer, ["a photo of a cat."]), ref) < 1e-4
 
 
+def test_quick_gelu_layout_converts_both_ways():  # OpenAI's original weights (open_clip's *-quickgelu models)
+    torch.manual_seed(0)
+    oc = _perturb(open_clip.model.CLIP(
+        embed_dim=32, vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32),
+        text_cfg=dict(context_length=16, vocab_size=512, width=32, heads=2, layers=2), quick_gelu=True)).eval()
+    clip = from_open_clip(oc).eval()
+    assert clip.config.mlp == "quick_gelu"
+    back = to_open_clip(clip).eval()
+    assert isinstance(back.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    images, text = _inputs()
+    with torch.no_grad():
+        for other in (oc, back):
+            assert _max_diff(other.encode_image(images, normalize=True), clip.encode_image(images)) < 1e-4
+            assert _max_diff(other.encode_text(text, normalize=True), clip.encode_text(text)) < 1e-4
+        exact = CLIP(dataclasses.replace(clip.config, mlp="gelu"))  # the same weights with exact GELU
+        exact.load_state_dict(clip.state_dict())
+        assert _max_diff(exact.eval().encode_image(images), clip.encode_image(images)) > 1e-3  # the switch matters
+
+
 def test_unsupported_layouts_are_refused():
     oc = open_clip.model.CLIP(embed_dim=16, vision_cfg=dict(image_size=16, patch_size=8, width=32, layers=1,
                                                             head_width=16),
-                              text_cfg=dict(context_length=8, vocab_size=64, width=16, heads=2, layers=1),
-                              quick_gelu=True)
-    with pytest.raises(ValueError, match="QuickGELU"):
+                              text_cfg=dict(context_length=8, vocab_size=64, width=16, heads=2, layers=1))
+    oc.visual.transformer.resblocks[0].mlp.gelu = torch.nn.SiLU()
+    with pytest.raises(ValueError, match="SiLU"):
         from_open_clip(oc)
 
 
 @pytest.mark.slow
-def test_vit_b_32_full_size_parity():
-    oc = open_clip.create_model("ViT-B-32", pretrained=None).eval()
+@pytest.mark.parametrize("name,mlp", [("ViT-B-32", "gelu"), ("ViT-B-32-quickgelu", "quick_gelu")])
+def test_vit_b_32_full_size_parity(name, mlp):
+    oc = open_clip.create_model(name, pretrained=None).eval()
     clip = from_open_clip(oc).eval()
-    assert clip.config == mmfm.get_config("clip-vit-b-32", init_logit_scale=clip.config.init_logit_scale)
+    assert clip.config == mmfm.get_config("clip-vit-b-32", init_logit_scale=clip.config.init_logit_scale, mlp=mlp)
     tok = open_clip.get_tokenizer("ViT-B-32")
     text = tok(["a diagram", "a dog", "a cat"])
     assert torch.equal(clip.tokenizer.encode_batch(["a diagram", "a dog", "a cat"])[0], text)

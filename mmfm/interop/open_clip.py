@@ -9,7 +9,7 @@ end-of-text id is not the largest (a byte-level BPE with eot id 1) exports with 
 Rows without an end-of-text token differ: mmfm pools the last position, open_clip the first (eos) or the
 largest id (argmax); mmfm's tokenizers always append one.
 
-    clip = from_open_clip(open_clip.create_model("ViT-B-32", pretrained=None))
+    clip = from_open_clip(open_clip.create_model("ViT-B-32", pretrained=None))  # or "ViT-B-32-quickgelu"
     oc = to_open_clip(clip)        # an open_clip.model.CLIP, runs in open_clip
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _rename(key: str) -> str:
 
 def _check_supported(model) -> None:
     import torch.nn as nn
-    from open_clip.transformer import VisionTransformer
+    from open_clip.transformer import QuickGELU, VisionTransformer
 
     if not isinstance(getattr(model, "visual", None), VisionTransformer):
         raise ValueError(f"only open_clip CLIP models with a ViT image tower convert; this one has "
@@ -74,8 +74,8 @@ def _check_supported(model) -> None:
     if block.ln_1.eps != 1e-5 or not isinstance(block.ls_1, nn.Identity):
         raise ValueError("only LayerNorm eps=1e-5 and no layer scale (ls_init_value=None) are supported")
     act = block.mlp.gelu
-    if not isinstance(act, nn.GELU):
-        raise ValueError(f"MLP activation {type(act).__name__} (QuickGELU) is not supported; mmfm uses exact GELU")
+    if not isinstance(act, (nn.GELU, QuickGELU)) or getattr(act, "approximate", "none") != "none":
+        raise ValueError(f"MLP activation {act!r} is not supported; mmfm converts exact GELU and QuickGELU")
 
 
 def config_from_open_clip(model) -> CLIPConfig:
@@ -94,6 +94,7 @@ def config_from_open_clip(model) -> CLIPConfig:
         text_layers=len(model.transformer.resblocks), text_heads=tblock.attn.num_heads,
         mlp_ratio=vblock.mlp.c_fc.out_features / width, eot_token_id=_eot_id(model, vocab),
         tokenizer="clip" if model.text_pool_type == "argmax" else "bpe",
+        mlp="gelu" if isinstance(vblock.mlp.gelu, torch.nn.GELU) else "quick_gelu",
         init_logit_scale=float(model.logit_scale.detach()),
     )
 
@@ -171,7 +172,7 @@ def to_open_clip(clip: CLIP):
                                              width=c.text_width, heads=c.text_heads, layers=c.text_layers,
                                              mlp_ratio=c.mlp_ratio, eos_id=c.eot_id,
                                              pool_type="argmax" if c.eot_id == c.vocab_size - 1 else "eos"),
-        init_logit_scale=float(clip.logit_scale.detach()),
+        init_logit_scale=float(clip.logit_scale.detach()), quick_gelu=c.mlp == "quick_gelu",
     )
     model.load_state_dict(_open_clip_state(clip), strict=True)
     return model.train(clip.training)

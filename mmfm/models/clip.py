@@ -31,6 +31,7 @@ class CLIPConfig(ModelConfig):
     text_layers: int = opt(12, lo=1)
     text_heads: int = opt(8, lo=1)
     mlp_ratio: float = opt(4.0, lo=0.01)
+    mlp: str = opt("gelu", choices=("gelu", "quick_gelu"))  # quick_gelu: OpenAI's original CLIP weights
     eot_token_id: int = opt(-1, lo=-1)  # -1: vocab_size - 1 (CLIP BPE's end-of-text)
     init_logit_scale: float = opt(math.log(1 / 0.07), lo=-10.0, hi=10.0)  # exp() finite even in fp16 (e^11.1)
     tokenizer: str = opt("clip", choices=("clip", "char", "bpe"))
@@ -65,7 +66,7 @@ class CLIPConfig(ModelConfig):
     def vision(self) -> ViTConfig:
         return ViTConfig(img_size=self.img_size, patch_size=self.patch_size, in_chans=self.in_chans,
                          dim=self.vision_width, depth=self.vision_layers, n_heads=self.vision_heads,
-                         mlp_ratio=self.mlp_ratio, norm_eps=1e-5, pre_norm=True, patch_bias=False)
+                         mlp_ratio=self.mlp_ratio, mlp=self.mlp, norm_eps=1e-5, pre_norm=True, patch_bias=False)
 
 
 def check_text(text, vocab_size: int) -> None:
@@ -91,7 +92,7 @@ class TextTower(nn.Module):
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.text_width)
         self.pos_embed = nn.Parameter(torch.empty(cfg.context_length, cfg.text_width))
         self.transformer = Transformer(StackConfig(cfg.text_width, cfg.text_layers, cfg.text_heads, cfg.mlp_ratio,
-                                                   causal=True))
+                                                   cfg.mlp, causal=True))
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.01)
 

@@ -43,7 +43,7 @@ class ViTConfig(ModelConfig):
     depth: int = opt(12, lo=1)
     n_heads: int = opt(12, lo=1)
     mlp_ratio: float = opt(4.0, lo=0.01)
-    mlp: str = opt("gelu", choices=("gelu", "gelu_tanh", "swiglu"))
+    mlp: str = opt("gelu", choices=("gelu", "gelu_tanh", "quick_gelu", "swiglu"))
     norm_eps: float = opt(1e-6, lo=0.0)
     pool: str = opt("cls", choices=("cls", "mean"))
     class_token: bool = True

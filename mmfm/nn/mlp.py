@@ -1,4 +1,4 @@
-"""Feed-forward layers: GELU MLP, SwiGLU and GEGLU."""
+"""Feed-forward layers: GELU MLP (exact, tanh or OpenAI CLIP's QuickGELU), SwiGLU and GEGLU."""
 from __future__ import annotations
 
 import math
@@ -22,11 +22,19 @@ class GELU(nn.GELU):
         return z.mul_(x).sigmoid_().mul_(x)  # sigmoid(2u) = (1 + tanh(u)) / 2
 
 
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the activation of OpenAI's original CLIP weights (open_clip's `*-quickgelu`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, bias: bool = True, drop: float = 0.0, approximate: str = "none"):
+    def __init__(self, dim: int, hidden: int, bias: bool = True, drop: float = 0.0, approximate: str = "none",
+                 act: nn.Module | None = None):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden, bias=bias)
-        self.act = GELU(approximate=approximate)
+        self.act = GELU(approximate=approximate) if act is None else act
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
         self.drop = nn.Dropout(drop)
 
@@ -65,8 +73,11 @@ def build_mlp(kind: str, dim: int, hidden: int, bias: bool = True, drop: float =
         return Mlp(dim, hidden, bias=bias, drop=drop)
     if kind == "gelu_tanh":
         return Mlp(dim, hidden, bias=bias, drop=drop, approximate="tanh")
+    if kind == "quick_gelu":
+        return Mlp(dim, hidden, bias=bias, drop=drop, act=QuickGELU())
     if kind == "swiglu":
         return SwiGLU(dim, hidden, bias=bias, drop=drop)
     if kind == "geglu_tanh":
         return GEGLU(dim, hidden, bias=bias, drop=drop)
-    raise ValueError(f"unknown mlp kind {kind!r}; choose from 'gelu', 'gelu_tanh', 'swiglu', 'geglu_tanh'")
+    raise ValueError(f"unknown mlp kind {kind!r}; choose from 'gelu', 'gelu_tanh', 'quick_gelu', 'swiglu', "
+                     "'geglu_tanh'")
