@@ -7,6 +7,7 @@ from .gan import GANConfig, Generator
 from .gpt import GPT, GPTConfig
 from .t5 import T5, T5Config
 from .vit import ViT, ViTConfig
+from .vlm import VLM, VLMConfig
 
 __all__ = ["Model", "BERT", "BERTConfig", "CLIP", "CLIPConfig", "DiT", "DiTConfig", "GANConfig", "Generator", "GPT", "GPTConfig", "T5",
-           "T5Config", "ViT", "ViTConfig"]
+           "T5Config", "ViT", "ViTConfig", "VLM", "VLMConfig"]

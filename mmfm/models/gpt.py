@@ -32,6 +32,7 @@ class GPTConfig(ModelConfig):
     bias: bool = True
     tie_weights: bool = True
     dropout: float = opt(0.0, lo=0.0, hi=1.0)
+    context_dim: int = opt(0, lo=0)  # > 0: cross-attention in every block to a context of this width
 
     def validate(self):
         super().validate()
@@ -42,17 +43,20 @@ class GPTConfig(ModelConfig):
     def estimate_params(self) -> int:
         emb = self.vocab_size * self.n_embd * (1 if self.tie_weights else 2)
         pos = self.block_size * self.n_embd if self.pos == "learned" else 0
-        return emb + pos + stack_params(self.n_embd, self.n_layer, self.mlp_ratio, self.mlp)
+        return emb + pos + stack_params(self.n_embd, self.n_layer, self.mlp_ratio, self.mlp,
+                                        context_dim=self.context_dim)
 
     def stack(self) -> StackConfig:
         return StackConfig(self.n_embd, self.n_layer, self.n_head, self.mlp_ratio, self.mlp, self.norm,
                            self.norm_eps, causal=True, bias=self.bias, dropout=self.dropout,
-                           rope=self.pos == "rope", rope_base=self.rope_base)
+                           rope=self.pos == "rope", rope_base=self.rope_base, context_dim=self.context_dim or None)
 
 
 @register_family
 class GPT(Model):
-    """forward(idx (B, T), key_padding_mask=None, positions=None, caches=None) -> logits (B, T, V)."""
+    """forward(idx (B, T), key_padding_mask=None, positions=None, caches=None, prefix=None, context=None,
+    context_mask=None) -> logits (B, T, V). `prefix` (B, P, C) embeddings enter the stream before the tokens (the
+    logits cover the tokens only); `context` (B, Tc, context_dim) is what the cross-attention reads."""
 
     config_class = GPTConfig
 
@@ -76,8 +80,13 @@ class GPT(Model):
             if name.endswith(("attn.proj.weight", "mlp.fc2.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * self.config.n_layer))
 
-    def forward(self, idx, key_padding_mask=None, positions=None, caches=None):
+    def forward(self, idx, key_padding_mask=None, positions=None, caches=None, prefix=None, context=None,
+                context_mask=None):
         B, T = idx.shape
+        P = 0 if prefix is None else prefix.shape[1]
+        if P and positions is not None:
+            raise ValueError("a prefix takes the first positions: give positions=None with prefix")
+        T += P
         if positions is None:
             start = caches[0].length if caches else 0
             last = start + T - 1
@@ -87,12 +96,15 @@ class GPT(Model):
         if self.wpe is not None and last >= self.config.block_size:
             raise ValueError(f"sequence position {last} exceeds block_size {self.config.block_size}")
         x = self.wte(idx)
+        if P:
+            x = torch.cat([prefix.to(x.dtype), x], dim=1)  # (B, P + T, C)
         if self.wpe is not None:
             x = x + F.embedding(positions, self.wpe.weight)  # (T, C) or (B, T, C); range checked above
         if self.config.dropout:
             x = self.drop(x)
-        x = self.transformer(x, key_padding_mask=key_padding_mask, positions=positions, caches=caches)
-        return self.lm_head(x)
+        x = self.transformer(x, key_padding_mask=key_padding_mask, positions=positions, caches=caches,
+                             context=context, context_mask=context_mask)
+        return self.lm_head(x[:, P:])
 
     def decoder(self, caches):
         """A one-token step over prefilled `caches`, or None where the stack has a part it does not cover:

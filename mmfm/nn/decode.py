@@ -75,7 +75,8 @@ class StackDecoder:
             return False
         norms = (nn.LayerNorm, RMSNorm)
         return all(b.cross is None and isinstance(b.ls1, nn.Identity) and isinstance(b.drop_path, nn.Identity)
-                   and isinstance(b.mlp, (Mlp, SwiGLU)) and isinstance(b.norm1, norms) and isinstance(b.norm2, norms)
+                   and (isinstance(b.mlp, SwiGLU) or isinstance(b.mlp, Mlp) and isinstance(b.mlp.act, nn.GELU))
+                   and isinstance(b.norm1, norms) and isinstance(b.norm2, norms)
                    for b in stack.blocks)
 
     def _rotary(self, pos: int, positions: torch.Tensor | None):
