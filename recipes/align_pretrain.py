@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 import mmfm
 from mmfm.align.chat import build_tokenizer
@@ -26,6 +25,7 @@ from mmfm.align.splits import heldout_problems
 from mmfm.align.task import corpus
 from mmfm.align.tasks import LMTask
 from mmfm.config import opt
+from mmfm.data.stepstream import resumable_loader
 from mmfm.registry import read_config
 from mmfm.train import LossHistory, Timer, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 from mmfm.train.budget import time_limit
@@ -63,8 +63,7 @@ def main(argv=None):
     model.tokenizer = tok
     data = Windows(tok, corpus(train.n_items, args.seed, train.bug_rate, train.ramble, train.question), train.block)
     log.info("%d params; %d windows of %d tokens", model.num_params(), len(data), train.block)
-    loader = DataLoader(data, batch_size=train.batch_size, shuffle=True, drop_last=True,
-                        collate_fn=chat_collate(tok.pad_id), generator=torch.Generator().manual_seed(args.seed))
+    loader = resumable_loader(data, train.batch_size, args.seed, collate_fn=chat_collate(tok.pad_id))
     task = LMTask(model, train.lr, train.weight_decay, train.warmup, args.max_steps)
     hist = LossHistory(args.out, prefixes=("train/loss",), title="align: pretraining")
     timer = Timer()

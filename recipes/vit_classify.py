@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 import mmfm
 from mmfm.adapt.data import load_task, to_backbone_input
 from mmfm.config import ConfigError, opt
+from mmfm.data.stepstream import resumable_loader
 from mmfm.registry import read_config
 from mmfm.train import LossHistory, Timer, checkpoint_to_resume, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
 from mmfm.train.classify import ClassifyTask, LabelledImages, accuracy_per_dataset, load_labelled
@@ -101,8 +102,7 @@ def main(argv=None):
              len(data.labels), len(test.labels), data.class_names)
     task = ClassifyTask(model, train.lr, train.weight_decay, train.warmup_steps, args.max_steps,
                         train.label_smoothing, train.augment)
-    loader = DataLoader(TensorDataset(data.images, data.labels), batch_size=train.batch_size, shuffle=True,
-                        drop_last=True, generator=torch.Generator().manual_seed(args.seed))
+    loader = resumable_loader(TensorDataset(data.images, data.labels), train.batch_size, args.seed)
     hist = LossHistory(args.out, prefixes=("train/loss",), title="ViT classifier")
     timer = Timer()
     trainer = make_trainer(args, callbacks=[hist], limit_val_batches=0)
