@@ -77,7 +77,7 @@ def draw_cells(src: Sources, cfg: VQAConfig, rng: np.random.Generator) -> tuple[
 
 
 def _article(name: str) -> str:
-    return f"an {name}" if name[0] in "aeiou" else f"a {name}"  # "a cat", "an eight", "an elephant"
+    return f"an {name}" if name in ("eight", "elephant") else f"a {name}"  # "a one", "an eight", "an elephant"
 
 
 def ask(labels: list[int], kind: str, rng: np.random.Generator) -> tuple[str, str]:

@@ -27,7 +27,7 @@ class VLMConfig(ModelConfig):
     family = "vlm"
     fusion: str = opt("prefix", choices=("prefix", "cross"))
     # the image tower (an mmfm ViT without a head; every token after the final norm is passed on)
-    img_size: int = opt(28, lo=1)
+    img_size: int = opt(56, lo=1)  # the VQA canvases: 2 x 2 cells of 28 pixels
     patch_size: int = opt(7, lo=1)
     in_chans: int = opt(1, lo=1)
     vision_width: int = opt(128, lo=1)
@@ -143,5 +143,5 @@ class VLM(Model):
 _BASE = VLMConfig()
 register_preset("vlm-test", _BASE.replace(img_size=16, patch_size=8, vision_width=32, vision_layers=2, vision_heads=2,
                                           block_size=32, n_layer=2, n_head=2, n_embd=32))
-# the CPU default: 28x28 grayscale cells (digits, animal silhouettes) into a small char-level GPT
+# the CPU default: 56x56 grayscale canvases (65 image tokens) into a small char-level GPT
 register_preset("vlm-mini", _BASE)

@@ -1,0 +1,105 @@
+"""Visual question answering with a vision-language model (an mmfm ViT + projector + GPT) on real pixels.
+
+    python recipes/vlm_train.py                              # vlm-mini, prefix fusion, runs/vlm
+    python recipes/vlm_train.py fusion=cross --out runs/vlm_cross
+    python recipes/vlm_train.py --max-steps 50 n_train=500 n_test=100 blind=false     # a smoke run
+
+Data: 2x2 canvases of real MNIST-5k digits and animal silhouettes with generated questions (mmfm/data/vqa.py),
+split by source image. Trains the VLM and, with blind=true (default), the same model on a blank image (the
+question-only control), for --max-steps each. Writes <out>/model, <out>/metrics.json (vqa_accuracy on the
+held-out canvases, vqa_accuracy_blind, vqa_accuracy/<type>, train_s), loss.png and answers.png.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import mmfm
+from mmfm.config import opt
+from mmfm.data.stepstream import resumable_loader
+from mmfm.data.vqa import VQAConfig, vqa_sets
+from mmfm.registry import read_config
+from mmfm.train import (LossHistory, Timer, checkpoint_to_resume, finish, make_trainer, parse_args, recipe_parser,
+                        setup_logging, split_overrides)
+from mmfm.train.budget import time_limit
+from mmfm.train.strategies import gathered
+from mmfm.train.vlm import QACollate, VLMTask, answer_grid, evaluate_vqa, vqa_tokenizer
+
+log = logging.getLogger("vlm_train")
+DEFAULT_PRESET = "vlm-mini"
+
+
+@dataclass
+class VLMTrain:
+    batch_size: int = opt(64, lo=1)
+    lr: float = opt(1e-3, gt=0.0)
+    weight_decay: float = opt(0.05, lo=0.0)
+    warmup_steps: int = opt(100, lo=0)
+    blind: bool = True  # also train the question-only control
+    max_minutes: float = opt(0.0, lo=0.0)  # > 0: stop each model's training at this wall-clock budget
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+
+
+def train_one(args, model, tok, sets, train: VLMTrain, blind: bool):
+    """Fits `model` (blind: on blank images, with its own <out>/blind folder and checkpoints, resumed from
+    <resume>/blind when that holds some); -> (fit seconds, the trainer)."""
+    if blind:
+        resume = Path(args.resume) / "blind" if args.resume else None
+        args = argparse.Namespace(**{**vars(args), "out": str(Path(args.out) / "blind"),
+                                     "resume": str(resume) if resume and (resume / "checkpoints").is_dir() else None})
+    collate = QACollate(tok, model.config.block_size - (model.config.image_tokens
+                                                         if model.config.fusion == "prefix" else 0))
+    loader = resumable_loader(sets["train"], train.batch_size, args.seed, collate_fn=collate)
+    task = VLMTask(model, train.lr, train.weight_decay, train.warmup_steps, args.max_steps, blind=blind)
+    hist = LossHistory(args.out, prefixes=("train/loss",), title="VLM (blind)" if blind else "VLM")
+    trainer = make_trainer(args, callbacks=[hist], limit_val_batches=0, **time_limit(train.max_minutes))
+    timer = Timer()
+    trainer.fit(task, loader, ckpt_path=checkpoint_to_resume(args.resume))
+    return timer.elapsed, trainer
+
+
+def main(argv=None):
+    setup_logging()
+    args = parse_args(recipe_parser(__doc__.splitlines()[0], DEFAULT_PRESET, 1500, "runs/vlm"), argv)
+    cfg = read_config(Path(args.preset)) if Path(args.preset).is_dir() else mmfm.get_config(args.preset)
+    routed = split_overrides(args.overrides, model=cfg, train=VLMTrain(), data=VQAConfig())
+    train, data_cfg = VLMTrain(**routed["train"]), VQAConfig(**routed["data"])
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    timer = Timer()
+    tok = vqa_tokenizer()
+    sets = vqa_sets(data_cfg, seed=args.seed)
+    torch.manual_seed(args.seed)
+    model = mmfm.build_model(args.preset, **{"img_size": data_cfg.size, **routed["model"],
+                                             "vocab_size": tok.vocab_size})
+    model.tokenizer = tok
+    log.info("%s (%s fusion): %d params; %d train / %d test questions", args.preset, model.config.fusion,
+             model.num_params(), len(sets["train"]), len(sets["test"]))
+    train_s, trainer = train_one(args, model, tok, sets, train, blind=False)
+    model = gathered(model)
+    if not trainer.is_global_zero:
+        return {}
+    model.to(trainer.strategy.root_device)  # Lightning moved it back to the CPU after fit
+    metrics, shown = evaluate_vqa(model, tok, sets["test"], keep=16)
+    answer_grid(shown, Path(args.out) / "answers.png")
+    metrics.update({"train_s": round(train_s, 1), "steps": trainer.global_step, "params": model.num_params(),
+                    "fusion": model.config.fusion})
+    if train.blind:
+        torch.manual_seed(args.seed)
+        control = mmfm.build_model(args.preset, **{"img_size": data_cfg.size, **routed["model"],
+                                                   "vocab_size": tok.vocab_size})
+        blind_s, blind_trainer = train_one(args, control, tok, sets, train, blind=True)
+        control.to(blind_trainer.strategy.root_device)
+        blind, _ = evaluate_vqa(control, tok, sets["test"], blind=True)
+        metrics.update({"vqa_accuracy_blind": blind["vqa_accuracy"], "train_s_blind": round(blind_s, 1),
+                        **{k.replace("vqa_accuracy/", "vqa_accuracy_blind/"): v for k, v in blind.items() if "/" in k}})
+    log.info("VQA accuracy %.3f (blind %s)", metrics["vqa_accuracy"], metrics.get("vqa_accuracy_blind"))
+    return finish(args, model, metrics, timer)
+
+
+if __name__ == "__main__":
+    main()
