@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.sources import ANIMAL_NAMES, DIGIT_NAMES, load_animals, load_mnist5k, split_indices
-from .optim import build_optimizer, build_scheduler
+from .optim import adamw_warmup_cosine
 from .strategies import ShardedTask
 
 DATASETS = {"digits": (load_mnist5k, DIGIT_NAMES), "animals": (load_animals, ANIMAL_NAMES)}
@@ -123,5 +123,5 @@ class ClassifyTask(ShardedTask, L.LightningModule):
         self.log("val/accuracy", (logits.argmax(-1) == labels).float().mean(), prog_bar=True)
 
     def configure_optimizers(self):
-        opt = build_optimizer(self.model, self.lr, self.weight_decay, trainer=self._trainer)
-        return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.warmup_steps, self.total_steps, 0.05)}
+        return adamw_warmup_cosine(self.model, self.lr, self.weight_decay, self.warmup_steps, self.total_steps, 0.05,
+                                   self._trainer)

@@ -88,6 +88,14 @@ def build_scheduler(opt: torch.optim.Optimizer, warmup: int, total: int, min_rat
     return {"scheduler": sched, "interval": "step"}
 
 
+def adamw_warmup_cosine(model: torch.nn.Module, lr: float, weight_decay: float, warmup: int, total: int,
+                        min_ratio: float = 0.0, trainer=None) -> dict:
+    """What a task's configure_optimizers returns for AdamW (build_optimizer) under warmup-cosine
+    (build_scheduler)."""
+    opt = build_optimizer(model, lr, weight_decay, trainer=trainer)
+    return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, warmup, total, min_ratio)}
+
+
 def maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     """`compile=true` for every task: torch.compile the module's forward in place (state_dict keys unchanged)."""
     if enabled:

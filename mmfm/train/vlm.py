@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..tokenizers import CharTokenizer
-from .optim import build_optimizer, build_scheduler
+from .optim import adamw_warmup_cosine
 from .strategies import ShardedTask
 
 IGNORE = -100
@@ -73,8 +73,8 @@ class VLMTask(ShardedTask, L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        opt = build_optimizer(self.model, self.lr, self.weight_decay, trainer=self._trainer)
-        return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.warmup_steps, self.total_steps, 0.05)}
+        return adamw_warmup_cosine(self.model, self.lr, self.weight_decay, self.warmup_steps, self.total_steps, 0.05,
+                                   self._trainer)
 
 
 @torch.no_grad()
