@@ -78,6 +78,10 @@ def test_deletion_curve_on_a_model_that_reads_one_patch():
     curve = deletion_curve(TopLeft(), x, y, maps, patch=8, steps=4, baseline=-1.0)
     assert curve["attributed"][0] == 1.0 and curve["attributed"][1] == 0.5
     assert curve["auc_attributed"] < curve["auc_random"]
+    from mmfm.explain import patch_order
+
+    tied = patch_order(torch.zeros(2, 32, 32), 8, torch.Generator().manual_seed(0))  # an all-zero map: ties random
+    assert sorted(tied[0].tolist()) == list(range(16)) and tied[0].tolist() != list(range(16))
     out = delete_patches(x[:1], torch.tensor([[0, 1]]), 1, 8, 0.0)
     assert (out[0, 0, :8, :8] == 0).all() and (out[0, 0, :8, 8:] == -1).all()
 

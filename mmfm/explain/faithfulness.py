@@ -9,12 +9,15 @@ import torch.nn.functional as F
 from ..train.classify import predict
 
 
-def patch_order(maps: torch.Tensor, patch: int, generator=None) -> torch.Tensor:
-    """(B, H, W) maps -> (B, n_patches) patch indices, most attributed first (random when generator is given)."""
+def patch_order(maps: torch.Tensor, patch: int, generator=None, random: bool = False) -> torch.Tensor:
+    """(B, H, W) maps -> (B, n_patches) patch indices, most attributed first, ties (an all-zero Grad-CAM map)
+    in random order; `random`: a random order regardless of the map."""
     scores = F.avg_pool2d(maps[:, None].float(), patch)[:, 0].flatten(1)  # (B, n_patches)
-    if generator is not None:
-        return torch.stack([torch.randperm(scores.shape[1], generator=generator) for _ in range(len(scores))])
-    return scores.argsort(1, descending=True)
+    perms = torch.stack([torch.randperm(scores.shape[1], generator=generator) for _ in range(len(scores))])
+    if random:
+        return perms
+    ranked = scores.gather(1, perms).argsort(dim=1, descending=True, stable=True)  # ties keep the random order
+    return perms.gather(1, ranked)
 
 
 def delete_patches(images: torch.Tensor, order: torch.Tensor, k: int, patch: int, baseline: float) -> torch.Tensor:
@@ -44,8 +47,8 @@ def deletion_curve(model, images: torch.Tensor, targets: torch.Tensor, maps: tor
     if H % patch or W % patch:
         raise ValueError(f"patch={patch} must divide the image size {H}x{W}")
     n = (H // patch) * (W // patch)
-    ranked = patch_order(maps, patch)
-    shuffled = patch_order(maps, patch, torch.Generator().manual_seed(seed))
+    ranked = patch_order(maps, patch, torch.Generator().manual_seed(seed + 1))
+    shuffled = patch_order(maps, patch, torch.Generator().manual_seed(seed), random=True)
     fractions = [i / steps for i in range(steps + 1)]
     curves = {"attributed": [], "random": []}
     for f in fractions:
@@ -92,7 +95,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m mmfm.explain.faithfulness", description=__doc__.splitlines()[0])
     p.add_argument("model", help="a saved classifier folder (recipes/finetune.py's <out>/model)")
     p.add_argument("--data", default="brain_mri", help="the labelled data it was fine-tuned on (its test split)")
-    p.add_argument("--n", type=int, default=1000, help="test images (the first n of the split)")
+    p.add_argument("--n", type=int, default=1000, help="test images (a fixed random subset of the split, by --seed)")
     p.add_argument("--steps", type=int, default=8, help="points on the curve after 0 removed")
     p.add_argument("--patch", type=int, default=0, help="removed square's side in pixels (0: the ViT's patch, "
                    "else 4)")
@@ -106,8 +109,9 @@ def main(argv=None):
     task = load_task(a.data, size=cfg.img_size, seed=a.seed)
     if task.kind not in ("multiclass", "binary"):
         p.error(f"--data {a.data}: a {task.kind} task; deletion curves need single-label accuracy")
-    x = to_backbone_input(task.images["test"][: a.n], cfg.img_size, cfg.in_chans, *pixel_stats(cfg))
-    y = task.targets("test")[: a.n]
+    pick = torch.randperm(len(task.images["test"]), generator=torch.Generator().manual_seed(a.seed))[: a.n].sort().values
+    x = to_backbone_input(task.images["test"][pick.numpy()], cfg.img_size, cfg.in_chans, *pixel_stats(cfg))
+    y = task.targets("test")[pick]
     patch = a.patch or (cfg.patch_size if isinstance(model, ViT) else 4)
     methods = ("gradcam", "rollout") if isinstance(model, ViT) else ("gradcam",)
     curves = {}

@@ -52,13 +52,14 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
 
 def save_explanations(model, images: torch.Tensor, targets: torch.Tensor, names: list[str], stats, out: str | Path,
                       n: int = 8) -> list[Path]:
-    """Overlays for the first `n` of `images` (normalised, as the model takes them): <out>/explain_gradcam.png,
-    and for a ViT also <out>/explain_rollout.png; titles give the true and the predicted class."""
+    """Overlays for `n` of `images` (normalised, as the model takes them), evenly spaced through the split:
+    <out>/explain_gradcam.png, and for a ViT also <out>/explain_rollout.png; titles give true and predicted class."""
     from ..models.vit import ViT
     from .maps import explain
 
     device = next(model.parameters()).device
-    x, y = images[:n].to(device), targets[:n]
+    pick = torch.linspace(0, len(images) - 1, min(n, len(images))).round().long()
+    x, y = images[pick].to(device), targets[pick]
     with torch.no_grad():
         logits = model(x).float().cpu()
     pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
