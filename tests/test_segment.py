@@ -2,11 +2,11 @@
 on synthetic volumes written in the real formats (an InVesalius .inv3 project, NIfTI T1 + AAL label files)."""
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import io
 import json
 import plistlib
+import sys
 import tarfile
 from pathlib import Path
 
@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _recipe():
     spec = importlib.util.spec_from_file_location("segment_recipe", ROOT / "recipes" / "segment.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
     return module
 
