@@ -7,6 +7,7 @@ on the real 28x28 data (MNIST-5k digits + animal silhouettes) padded to 32x32: 4
 
 Writes <out>/model (a diffusers folder: `AutoencoderKL.from_pretrained(<out>/model)` opens it),
 <out>/metrics.json (test/psnr and test/ssim on the held-out split by image, measured on the 28x28 image content;
+val/psnr and val/ssim on val_fraction of the train split, held out from training, for choosing settings;
 test/psnr_padded and test/ssim_padded on the whole padded 32x32 input, whose flat border flatters them; train_s, steps),
 <out>/reconstructions.png (rows: held-out originals, reconstructions), loss.png, logs/, checkpoints/.
 """
@@ -43,6 +44,7 @@ class VAETrain:
     image_size: int = opt(32, lo=0)  # pad the images evenly to this size with background (-1); 0: keep their size
     max_minutes: float = opt(10.0, lo=0.0)  # >0: also stop after this many minutes of training, whichever first
     limit: int | None = None  # images per dataset and split (tests, smoke runs)
+    val_fraction: float = opt(0.1, lo=0.0, lt=1.0)  # of the train split, held out for val/psnr and val/ssim; 0: none
     n_show: int = opt(10, lo=1)  # held-out images in reconstructions.png
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
 
@@ -62,13 +64,14 @@ def main(argv=None):
     size = train.image_size or content
     if size < content:
         raise ValueError(f"image_size={size}: the {content}x{content} images can only be padded, not shrunk")
-    images, test_images = pad_to(data.images, size), pad_to(test.images, size)
+    images, val_images = split_off(pad_to(data.images, size), train.val_fraction, args.seed)
+    test_images = pad_to(test.images, size)
     torch.manual_seed(args.seed)
     vae = build_vae(args.preset, in_channels=images.shape[1], sample_size=size, **routed["vae"])
     disc = PatchDiscriminator(data.images.shape[1], train.disc_width, train.disc_layers)
-    log.info("%s: %d VAE + %d discriminator params, %dx compression, %d train / %d test images (%d px padded to %d)",
-             args.preset, sum(p.numel() for p in vae.parameters()), sum(p.numel() for p in disc.parameters()),
-             compression(vae), len(images), len(test_images), content, size)
+    log.info("%s: %d VAE + %d discriminator params, %dx compression, %d train / %d val / %d test images (%d px padded "
+             "to %d)", args.preset, sum(p.numel() for p in vae.parameters()), sum(p.numel() for p in disc.parameters()),
+             compression(vae), len(images), len(val_images), len(test_images), content, size)
     task = VAETask(vae, disc, train.lr, kl_weight=train.kl_weight, disc_weight=train.disc_weight,
                    disc_start=train.disc_start)
     loader = DataLoader(TensorDataset(images), batch_size=train.batch_size, shuffle=True, drop_last=True,
@@ -86,12 +89,23 @@ def main(argv=None):
     metrics = {"test/psnr": scores["psnr"], "test/ssim": scores["ssim"], "test/psnr_padded": padded["psnr"],
                "test/ssim_padded": padded["ssim"], "train/l1": float(trainer.callback_metrics["train/l1"]),
                "steps": trainer.global_step, "train_s": round(train_s, 2), "disc_start": train.disc_start,
-               "compression": compression(vae), "latent_channels": vae.config.latent_channels, "image_size": size}
+               "compression": compression(vae), "latent_channels": vae.config.latent_channels, "image_size": size,
+               "split/train": len(images), "split/val": len(val_images), "split/test": len(test_images)}
+    if len(val_images):
+        val = reconstruction_metrics(vae, val_images, crop=content)
+        metrics.update({"val/psnr": val["psnr"], "val/ssim": val["ssim"]})
     show = test_images[torch.randperm(len(test_images), generator=torch.Generator().manual_seed(0))[:train.n_show]]
     save_grid(torch.cat([show, reconstruct(vae.eval(), show)]), 2, f"{args.out}/reconstructions.png",
               ["held-out", "reconstructed"], [""] * len(show),
               f"PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f} (all held-out images)")
     return finish(args, vae.cpu(), metrics, timer)
+
+
+def split_off(images: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the rest, a seeded random `fraction` of `images`): the validation images held out of the train split."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    n_val = round(len(images) * fraction)
+    return images[order[n_val:]], images[order[:n_val]]
 
 
 if __name__ == "__main__":

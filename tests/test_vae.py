@@ -75,6 +75,10 @@ def test_vae_recipe_end_to_end(tmp_path, monkeypatch):
     assert m["steps"] == 4  # VAE steps; the discriminator's (steps 2 and 3) are not counted
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["test/psnr"] == m["test/psnr"] > 0 and 0 < saved["test/ssim"] <= 1
+    assert saved["val/psnr"] > 0 and 0 < saved["val/ssim"] <= 1  # 10 % of the 32 train images, held out
+    assert (saved["split/train"], saved["split/val"], saved["split/test"]) == (29, 3, 16)
+    rest, val = vae_train.split_off(torch.arange(10.0), 0.2, seed=0)
+    assert len(val) == 2 and sorted(torch.cat([rest, val]).tolist()) == list(range(10))  # disjoint, complete
     assert (out / "reconstructions.png").stat().st_size > 1000
     vae = AutoencoderKL.from_pretrained(out / "model").eval()
     assert vae.config.latent_channels == 4 and compression(vae) == 2
