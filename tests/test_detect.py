@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmfm.detect import (CanvasConfig, Canvases, DetectorConfig, augmentation, build_detector, canvas_sets, collate,
-                         default_vit, load_detector, mean_ap, save_detector, split_sources, tokens_to_grid)
-from mmfm.detect.canvas import make_canvas
+from mmfm.detect import (CanvasConfig, DetectorConfig, augmentation, build_detector, canvas_sets, collate,
+                         default_vit, load_detector, mean_ap, save_detector, split_sources)
 
 
 def _fake_sources(n=60, seed=0):
@@ -73,13 +72,6 @@ def test_boxes_survive_flip_and_resize():
     for _ in range(5):
         out, target = augmentation(64, flip=True)(tv_tensors.Image(img), {"boxes": box, "labels": torch.tensor([3])})
         assert torch.allclose(_extent(out), target["boxes"][0].as_subclass(torch.Tensor), atol=2.0)
-
-
-def test_tokens_to_grid_keeps_patch_order():
-    tokens = torch.arange(2 * 7 * 3, dtype=torch.float32).view(2, 7, 3)  # 1 prefix + 2x3 patches, dim 3
-    grid = tokens_to_grid(tokens, 2, 3)
-    assert grid.shape == (2, 3, 2, 3)
-    assert torch.equal(grid[1, :, 1, 2], tokens[1, 1 + 1 * 3 + 2])
 
 
 @pytest.mark.parametrize("backbone", ["vit", "timm:resnet18"])
