@@ -15,6 +15,7 @@ classes, `test/dice/<class>`, `baseline/dice`, `baseline/dice/<class>`, the same
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,8 +98,14 @@ def evaluate(model, vol, split: dict, roi: int, baseline: bool) -> tuple[dict, d
     return metrics, preds
 
 
+def require_monai() -> None:
+    if importlib.util.find_spec("monai") is None:
+        raise SystemExit("recipes/segment.py needs MONAI: pip install monai  (or pip install -e '.[data]')")
+
+
 def main(argv=None):
     setup_logging()
+    require_monai()
     parser = build_parser()
     args = parse_args(parser, argv)
     if args.out == "runs/segment/<data>":
