@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from mmfm.adapt.head import source_config
 from mmfm.config import ConfigError, opt
+from mmfm.data.stepstream import resumable_loader
 from mmfm.detect import (CLASS_NAMES, CanvasConfig, DetectorConfig, DetectTask, build_detector, canvas_sets, collate,
                          mean_ap, plot_detections, predict, save_detector)
 from mmfm.models.vit import ViT
@@ -77,8 +78,7 @@ def train_one(args, train: DetectTrain, cfg: DetectorConfig, vit, sets, name: st
     model = build_detector(cfg, vit if cfg.backbone == "vit" else None)
     run = copy.copy(args)
     run.out = str(Path(args.out) / name)
-    loader = DataLoader(sets["train"], batch_size=train.batch_size, shuffle=True, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(args.seed))
+    loader = resumable_loader(sets["train"], train.batch_size, args.seed, drop_last=False, collate_fn=collate)
     task = DetectTask(model, train.lr, train.weight_decay, train.warmup_steps, args.max_steps)
     trainer = make_trainer(run, callbacks=[LossHistory(run.out, title=f"FCOS on {cfg.backbone}")],
                            enable_progress_bar=train.progress, limit_val_batches=0)

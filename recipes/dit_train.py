@@ -31,11 +31,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 import mmfm
 from mmfm.adapt.data import load_task, to_backbone_input
 from mmfm.config import ConfigError, opt
+from mmfm.data.stepstream import resumable_loader
 from mmfm.diffusion import make_sampler, make_train_scheduler, save_scheduler
 from mmfm.diffusion.flow import FLOW, make_flow_scheduler
 from mmfm.diffusion.latent import latent_training_data
@@ -208,8 +209,7 @@ def main(argv=None):
     hist = LossHistory(args.out, prefixes=("train/loss",), title="DiT denoising loss")
     task = DiffusionTask(model, scheduler, condition, train.lr, train.weight_decay, train.warmup_steps, args.max_steps,
                          train.p_uncond, args.seed)
-    loader = DataLoader(TensorDataset(images, data.labels), batch_size=train.batch_size, shuffle=True,
-                        drop_last=True, generator=torch.Generator().manual_seed(args.seed))
+    loader = resumable_loader(TensorDataset(images, data.labels), train.batch_size, args.seed)
     timer = Timer()
     budget = {"max_time": timedelta(minutes=train.max_minutes)} if train.max_minutes > 0 else {}
     trainer = make_trainer(args, callbacks=[ema, grid, hist], limit_val_batches=0, **budget)

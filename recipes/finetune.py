@@ -30,6 +30,7 @@ from mmfm.adapt import (METHODS, TaskKind, balanced_weights, build_adapted, coun
 from mmfm.adapt.data import label_subset, load_task, pixel_stats, to_backbone_input
 from mmfm.adapt.task import AdaptTask
 from mmfm.config import opt
+from mmfm.data.stepstream import resumable_loader
 from mmfm.eval.classification import classification_metrics, confusion, plot_confusion
 from mmfm.eval.medmnist import medmnist_flag, medmnist_metrics
 from mmfm.explain import save_explanations
@@ -139,8 +140,8 @@ def fit(args, train: FinetuneTrain, module, data, title: str):
     """Train with early stopping on val/loss, restore the best checkpoint: (trainer, stopped early, best val/loss)."""
     from lightning.pytorch.callbacks import EarlyStopping
 
-    loader = DataLoader(TensorDataset(*data["train"]), batch_size=min(train.batch_size, len(data["train"][1])),
-                        shuffle=True, generator=torch.Generator().manual_seed(args.seed))
+    loader = resumable_loader(TensorDataset(*data["train"]), min(train.batch_size, len(data["train"][1])), args.seed,
+                              drop_last=False)
     val_loader = DataLoader(TensorDataset(*subset(data["val"], train.val_subset, args.seed)), batch_size=512)
     stop = EarlyStopping(monitor="val/loss", mode="min", patience=train.patience)
     trainer = make_trainer(args, callbacks=[LossHistory(args.out, title=title), stop], val_every=train.val_every,

@@ -19,10 +19,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 import mmfm
 from mmfm.config import ConfigError, opt
+from mmfm.data.stepstream import resumable_loader
 from mmfm.eval.gen_quality import evaluate_samples
 from mmfm.models.gan import Discriminator
 from mmfm.registry import read_config
@@ -83,8 +84,7 @@ def main(argv=None):
     log.info("%s: %d generator + %d discriminator params, %d train images, classes %s", args.preset,
              generator.num_params(), sum(p.numel() for p in disc.parameters()), len(data.labels), data.class_names)
     task = GANTask(generator, disc, train.lr, train.d_lr, (train.beta1, train.beta2), train.n_dis)
-    loader = DataLoader(TensorDataset(data.images, data.labels), batch_size=train.batch_size, shuffle=True,
-                        drop_last=True, generator=torch.Generator().manual_seed(args.seed))
+    loader = resumable_loader(TensorDataset(data.images, data.labels), train.batch_size, args.seed)
     ema = EMA(train.ema_decay, attr="generator")
     hist = LossHistory(args.out, prefixes=("train/d_loss", "train/g_loss"), title="GAN hinge losses")
     budget = {"max_time": timedelta(minutes=train.max_minutes)} if train.max_minutes > 0 else {}

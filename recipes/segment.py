@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from mmfm.adapt.head import source_config
 from mmfm.config import ConfigError, opt
+from mmfm.data.stepstream import resumable_loader
 from mmfm.registry import build_model
 from mmfm.seg import (DATASETS, SegTask, SliceSet, SlabSplit, UNETRConfig, build_unet, build_unetr, dice_per_class,
                       load_volume, plot_overlays, predict_slices, save_segmenter, slab_of, summary, unet_meta,
@@ -129,8 +129,7 @@ def main(argv=None):
     out, preds = Path(args.out), {}
     for name, net in models.items():
         torch.manual_seed(args.seed)  # the same crops and batches for both models
-        loader = DataLoader(SliceSet(vol, split["train"], train.roi, repeat=64), batch_size=train.batch_size,
-                            shuffle=True, generator=torch.Generator().manual_seed(args.seed), drop_last=True)
+        loader = resumable_loader(SliceSet(vol, split["train"], train.roi, repeat=64), train.batch_size, args.seed)
         started = timer.elapsed
         net = fit(args, train, net, loader, name, f"{name} on {vol.name}")
         m, preds[name] = evaluate(net, vol, split, train.roi, baseline=name != "unetr")

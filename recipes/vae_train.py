@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from mmfm.config import opt
+from mmfm.data.stepstream import resumable_loader
 from mmfm.diffusion.latent import pad_to
 from mmfm.models.vae import VAE_PRESETS, PatchDiscriminator, build_vae, compression
 from mmfm.train import LossHistory, Timer, checkpoint_to_resume, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
@@ -74,8 +75,7 @@ def main(argv=None):
              compression(vae), len(images), len(val_images), len(test_images), content, size)
     task = VAETask(vae, disc, train.lr, kl_weight=train.kl_weight, disc_weight=train.disc_weight,
                    disc_start=train.disc_start)
-    loader = DataLoader(TensorDataset(images), batch_size=train.batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(args.seed))
+    loader = resumable_loader(TensorDataset(images), train.batch_size, args.seed)
     hist = LossHistory(args.out, prefixes=("train/loss", "train/l1", "train/d_loss"), title="VAE losses")
     budget = {"max_time": timedelta(minutes=train.max_minutes)} if train.max_minutes > 0 else {}
     timer = Timer()

@@ -126,7 +126,7 @@ class _Position:
             self.i = int(state["yielded"])
 
 
-def resumable_loader(dataset, batch_size: int, seed: int, **kw) -> StatefulDataLoader:
+def resumable_loader(dataset, batch_size: int, seed: int, drop_last: bool = True, **kw) -> StatefulDataLoader:
     """Shuffled full batches of a map-style dataset, resumable mid-epoch: torchdata's StatefulDataLoader over
     a ResumableShuffle order."""
     with warnings.catch_warnings():  # torchdata 0.11 calls the deprecated torch.set_vital in __init__
@@ -134,4 +134,4 @@ def resumable_loader(dataset, batch_size: int, seed: int, **kw) -> StatefulDataL
         # its own generator for the workers' base seed: drawn from the global RNG, it would shift the draws
         # (augmentation) of an uninterrupted run against a resumed one at every new epoch
         return StatefulDataLoader(dataset, batch_size=batch_size, sampler=ResumableShuffle(dataset, seed),
-                                  drop_last=True, generator=torch.Generator().manual_seed(seed), **kw)
+                                  drop_last=drop_last, generator=torch.Generator().manual_seed(seed), **kw)

@@ -22,6 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchmetrics.functional.classification as tmc
 
+from ..data.stepstream import resumable_loader
+
 log = logging.getLogger(__name__)
 
 
@@ -81,8 +83,7 @@ def train_steps(args, name: str, model: nn.Module, train: tuple, batch_size: int
     from .recipe import make_trainer
 
     x, y = train
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size, shuffle=True,
-                                         drop_last=True, generator=torch.Generator().manual_seed(args.seed))
+    loader = resumable_loader(torch.utils.data.TensorDataset(x, y), batch_size, args.seed)
     if len(loader) == 0:
         raise ValueError(f"{len(x)} training examples make no batch of batch_size={batch_size}")
     kind = TaskKind("multiclass", max(2, int(y.max()) + 1), weight)
