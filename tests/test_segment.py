@@ -73,7 +73,7 @@ def ct_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def mri_dir(tmp_path_factory) -> Path:
     """ch2.nii.gz + aal.nii.gz on one grid (RAS, 2 mm): regions in bands so every lobe appears."""
-    nib = pytest.importorskip("nibabel")  # in the data extra, so dev installs it
+    import nibabel as nib  # in the data extra, which dev installs: a broken install fails here
     folder = tmp_path_factory.mktemp("mri")
     shape = (24, 28, 30)  # (R, A, S)
     x, y, z = np.meshgrid(*(np.arange(s) for s in shape), indexing="ij")

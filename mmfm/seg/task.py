@@ -8,7 +8,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from ..train.optim import build_optimizer, build_scheduler
+from ..train.optim import adamw_warmup_cosine
 
 
 def dice_ce_loss():
@@ -33,8 +33,8 @@ class SegTask(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        opt = build_optimizer(self.model, self.lr, self.weight_decay, trainer=self._trainer)
-        return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.warmup_steps, self.total_steps, 0.05)}
+        return adamw_warmup_cosine(self.model, self.lr, self.weight_decay, self.warmup_steps, self.total_steps, 0.05,
+                                   self._trainer)
 
 
 @torch.no_grad()
