@@ -161,6 +161,8 @@ def parse(argv):
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--nanogpt", default=None, metavar="DIR", help="folder holding nanoGPT's model.py")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the result here")
+    p.add_argument("--rope-only", action="store_true",
+                   help="time only the RoPE pair (mmfm pos='rope' vs litgpt): no GPT-2 layout, no generation")
     args = p.parse_args(argv)
     for flag in ("n_layer", "n_embd", "n_head", "block_size", "batch_size", "vocab_size", "train_steps",
                  "new_tokens", "rounds"):
@@ -176,6 +178,10 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     losses, models, settings, (ours, hf) = build_contenders(args)
+    if args.rope_only:
+        if "litgpt" not in models:
+            raise SystemExit("--rope-only needs litgpt (pip install --no-deps litgpt==0.5.13, see install.sh)")
+        losses, models = ({k: d[k] for k in ("mmfm_rope", "litgpt")} for d in (losses, models))
     x = torch.randint(0, args.vocab_size, (args.batch_size, args.block_size + 1), generator=torch.Generator().manual_seed(0))
     batch = (x[:, :-1].contiguous(), x[:, 1:].contiguous())  # (B, T) each
     for m in models.values():
@@ -183,7 +189,7 @@ def main(argv=None) -> dict:
     peak = matmul_gflops()
     train, initial = time_training(args, losses, models, batch)
     fpt = {k: flops_per_token(m, ours.config, args.block_size) for k, m in models.items()}
-    gen = time_generation(args, ours, hf)
+    gen = {} if args.rope_only else time_generation(args, ours, hf)
     fastest_peer = max((k for k in train if k not in ("mmfm", "mmfm_rope")), key=train.get)
     result = {
         "config": {k: getattr(args, k) for k in ("n_layer", "n_embd", "n_head", "block_size", "batch_size",

@@ -24,13 +24,15 @@ class GPTConfig(ModelConfig):
     n_head: int = opt(12, lo=1)
     n_embd: int = opt(768, lo=1)
     mlp_ratio: float = opt(4.0, lo=0.01)
-    mlp: str = opt("gelu", choices=("gelu", "gelu_tanh", "swiglu"))
+    mlp: str = opt("gelu", choices=("gelu", "gelu_tanh", "swiglu", "relu2"))  # relu2: ReLU squared
     norm: str = opt("layernorm", choices=("layernorm", "rmsnorm"))
     norm_eps: float = opt(1e-5, lo=0.0)
     pos: str = opt("learned", choices=("learned", "rope"))
     rope_base: float = opt(10000.0, lo=1.0)
     bias: bool = True
     tie_weights: bool = True
+    qk_norm: bool = False  # RMSNorm on each head's query and key (modded-nanogpt, OLMo 2)
+    zero_init_proj: bool = False  # attention and MLP output projections start at zero (modded-nanogpt)
     dropout: float = opt(0.0, lo=0.0, hi=1.0)
     context_dim: int = opt(0, lo=0)  # > 0: cross-attention in every block to a context of this width
 
@@ -49,7 +51,8 @@ class GPTConfig(ModelConfig):
     def stack(self) -> StackConfig:
         return StackConfig(self.n_embd, self.n_layer, self.n_head, self.mlp_ratio, self.mlp, self.norm,
                            self.norm_eps, causal=True, bias=self.bias, dropout=self.dropout,
-                           rope=self.pos == "rope", rope_base=self.rope_base, context_dim=self.context_dim or None)
+                           rope=self.pos == "rope", rope_base=self.rope_base, context_dim=self.context_dim or None,
+                           qk_norm=self.qk_norm)
 
 
 @register_family
@@ -76,9 +79,12 @@ class GPT(Model):
         self.apply(init_linear_normal)
         if self.wpe is not None:
             nn.init.normal_(self.wpe.weight, std=0.02)
-        for name, p in self.named_parameters():  # GPT-2: scaled init of residual projections
+        for name, p in self.named_parameters():  # GPT-2: scaled init of residual projections; or zeros
             if name.endswith(("attn.proj.weight", "mlp.fc2.weight")):
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * self.config.n_layer))
+                if self.config.zero_init_proj:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, std=0.02 / math.sqrt(2 * self.config.n_layer))
 
     def forward(self, idx, key_padding_mask=None, positions=None, caches=None, prefix=None, context=None,
                 context_mask=None):
@@ -87,7 +93,8 @@ class GPT(Model):
         if P and positions is not None:
             raise ValueError("a prefix takes the first positions: give positions=None with prefix")
         T += P
-        if positions is None:
+        given = positions is not None  # else the stack counts from the cache too (RoPE: its cached tables)
+        if not given:
             start = caches[0].length if caches else 0
             last = start + T - 1
             positions = torch.arange(start, start + T, device=idx.device)  # (T,)
@@ -102,8 +109,8 @@ class GPT(Model):
             x = x + F.embedding(positions, self.wpe.weight)  # (T, C) or (B, T, C); range checked above
         if self.config.dropout:
             x = self.drop(x)
-        x = self.transformer(x, key_padding_mask=key_padding_mask, positions=positions, caches=caches,
-                             context=context, context_mask=context_mask)
+        x = self.transformer(x, key_padding_mask=key_padding_mask, positions=positions if given else None,
+                             caches=caches, context=context, context_mask=context_mask)
         return self.lm_head(x[:, P:])
 
     def decoder(self, caches):

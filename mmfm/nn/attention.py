@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .pos import apply_rotary
+from .norm import RMSNorm
+from .pos import rotate_heads
 
 
 @dataclass
@@ -53,7 +54,8 @@ def build_attn_mask(
 
 class Attention(nn.Module):
     """Self-attention (or cross-attention when `kv_dim` is given); `head_dim` (default dim // n_heads) sets
-    the heads' width when n_heads * head_dim differs from dim.
+    the heads' width when n_heads * head_dim differs from dim. `qk_norm`: an RMSNorm (learned gain per head
+    channel) on every head's query and key before the rotation (OLMo 2, Qwen 3, modded-nanogpt).
 
     forward(x, key_padding_mask=None, rope=None, cache=None, context=None, attn_bias=None) -> (B, T, C)
     key_padding_mask: (B, Tk) bool, True for real tokens (Tk includes cached positions).
@@ -71,6 +73,8 @@ class Attention(nn.Module):
         proj_drop: float = 0.0,
         kv_dim: int | None = None,
         head_dim: int | None = None,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-6,
     ):
         super().__init__()
         if head_dim is None and dim % n_heads:
@@ -84,12 +88,28 @@ class Attention(nn.Module):
         else:
             self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
         self.proj = nn.Linear(inner, dim, bias=proj_bias)
+        self.q_norm = self.k_norm = None
+        if qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(self.head_dim, norm_eps), RMSNorm(self.head_dim, norm_eps)
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
 
     def _split(self, t: torch.Tensor) -> torch.Tensor:
         b, n, _ = t.shape
         return t.view(b, n, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, N, Dh)
+
+    def _qkv(self, x, rope):
+        """q, k, v (B, H, T, Dh) each, q and k rotated by `rope` = (cos, sin), (T, Dh) or (B, 1, T, Dh): in one
+        pass over the (B, T, 2, H, Dh) slice of the projection, before the heads are moved forward."""
+        B, T, _ = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim)  # (B, T, 3, H, Dh)
+        qk = qkv[:, :, :2]  # (B, T, 2, H, Dh)
+        if self.q_norm is not None:
+            qk = torch.stack([self.q_norm(qkv[:, :, 0]), self.k_norm(qkv[:, :, 1])], dim=2)  # (B, T, 2, H, Dh)
+        if rope is not None:
+            cos, sin = (t[:, None, None] if t.dim() == 2 else t[:, 0, :, None, None] for t in rope)  # (.., T, 1, 1, Dh)
+            qk = rotate_heads(qk, cos, sin)  # (B, T, 2, H, Dh)
+        return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
 
     def forward(self, x, key_padding_mask=None, rope=None, cache: KVCache | None = None, context=None,
                 attn_bias=None):
@@ -100,10 +120,8 @@ class Attention(nn.Module):
             k, v = self._split(k), self._split(v)
             causal = False
         else:
-            q, k, v = (self._split(t) for t in self.qkv(x).chunk(3, dim=-1))  # each (B, H, T, Dh)
+            q, k, v = self._qkv(x, rope)  # each (B, H, T, Dh)
             causal = self.causal
-            if rope is not None:
-                q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
             if cache is not None:
                 k, v = cache.append(k, v)
         Tk = k.shape[2]

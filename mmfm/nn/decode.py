@@ -4,8 +4,8 @@ At batch 1 a decode step is bound by reading the weights; what the module path a
 calls, mask and position bookkeeping, chunk/transpose views) is as large again at small widths. The
 StackDecoder runs the same blocks with the same parameter tensors (nothing is copied, so in-place
 optimizer updates are seen; build a new one per generate call) as a flat list of functional ops. It
-covers what GPT-style stacks use: LayerNorm or RMSNorm, GELU or SwiGLU MLPs, learned or rotary
-positions, a KV cache and an optional key mask.
+covers what GPT-style stacks use: LayerNorm or RMSNorm, GELU, ReLU² or SwiGLU MLPs, QK-norm, learned or
+rotary positions, a KV cache and an optional key mask.
 
     dec = StackDecoder(model.transformer, caches)   # after the prompt was prefilled into `caches`
     h = dec.step(x, pos)                            # x (B, C): the new token's embedding at cache slot `pos`
@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import KVCache
-from .mlp import Mlp, SwiGLU
+from .mlp import Mlp, ReLUSquared, SwiGLU
 from .norm import RMSNorm
 from .pos import apply_rotary
 
@@ -40,6 +40,8 @@ def _mlp_fn(mlp: nn.Module):
             gate, up = F.linear(x, w1, b1).chunk(2, dim=-1)
             return F.linear(act(gate) * up, w2, b2)
         return swiglu
+    if isinstance(mlp.act, ReLUSquared):
+        return lambda x: F.linear(F.relu(F.linear(x, w1, b1)).square(), w2, b2)
     approximate = mlp.act.approximate  # F.gelu itself: one kernel beats GELU's in-place passes on (B, 4C) rows
 
     def gelu(x):
@@ -61,7 +63,8 @@ class StackDecoder:
                              "layer scale, drop path or dropout); use the module forward instead")
         self.n_heads = stack.cfg.n_heads
         self.layers = [(_norm_fn(b.norm1), b.attn.qkv.weight, b.attn.qkv.bias, b.attn.proj.weight, b.attn.proj.bias,
-                        _norm_fn(b.norm2), _mlp_fn(b.mlp), c) for b, c in zip(stack.blocks, caches)]
+                        _norm_fn(b.norm2), _mlp_fn(b.mlp), c, b.attn.q_norm, b.attn.k_norm)
+                       for b, c in zip(stack.blocks, caches)]
         self.norm = _norm_fn(stack.norm)
         self.rope = None
         if stack.rope is not None:  # cos/sin tables for every cache slot: (L, Dh) each
@@ -75,7 +78,8 @@ class StackDecoder:
             return False
         norms = (nn.LayerNorm, RMSNorm)
         return all(b.cross is None and isinstance(b.ls1, nn.Identity) and isinstance(b.drop_path, nn.Identity)
-                   and (isinstance(b.mlp, SwiGLU) or isinstance(b.mlp, Mlp) and isinstance(b.mlp.act, nn.GELU))
+                   and (isinstance(b.mlp, SwiGLU)
+                        or isinstance(b.mlp, Mlp) and isinstance(b.mlp.act, (nn.GELU, ReLUSquared)))
                    and isinstance(b.norm1, norms) and isinstance(b.norm2, norms)
                    for b in stack.blocks)
 
@@ -91,12 +95,14 @@ class StackDecoder:
         H = self.n_heads
         rope = self._rotary(pos, positions) if self.rope is not None else None
         mask = key_mask[:, None, None, :pos + 1] if key_mask is not None else None  # (B, 1, 1, Tk)
-        for norm1, w_qkv, b_qkv, w_proj, b_proj, norm2, mlp, cache in self.layers:
+        for norm1, w_qkv, b_qkv, w_proj, b_proj, norm2, mlp, cache, q_norm, k_norm in self.layers:
             qkv = F.linear(norm1(x), w_qkv, b_qkv).view(B, 3, H, 1, C // H)  # (B, 3, H, 1, Dh)
             q, k = qkv[:, 0], qkv[:, 1]
+            if q_norm is not None:
+                q, k = q_norm(q), k_norm(k)
             if rope is not None:
                 q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-            if rope is None and cache.kv is not None:
+            if rope is None and q_norm is None and cache.kv is not None:
                 cache.kv[:, :, :, pos:pos + 1] = qkv[:, 1:]  # keys and values in one copy: (B, 2, H, 1, Dh)
             else:
                 cache.k[:, :, pos:pos + 1], cache.v[:, :, pos:pos + 1] = k, qkv[:, 2]

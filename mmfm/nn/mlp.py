@@ -1,4 +1,4 @@
-"""Feed-forward layers: GELU MLP (exact, tanh or OpenAI CLIP's QuickGELU), SwiGLU and GEGLU."""
+"""Feed-forward layers: GELU MLP (exact, tanh or OpenAI CLIP's QuickGELU), ReLU² MLP, SwiGLU and GEGLU."""
 from __future__ import annotations
 
 import math
@@ -27,6 +27,13 @@ class QuickGELU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
+
+
+class ReLUSquared(nn.Module):
+    """relu(x)^2: the MLP activation of Primer (So et al. 2021) and the modded-nanogpt speedruns."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
 
 
 class Mlp(nn.Module):
@@ -73,11 +80,13 @@ def build_mlp(kind: str, dim: int, hidden: int, bias: bool = True, drop: float =
         return Mlp(dim, hidden, bias=bias, drop=drop)
     if kind == "gelu_tanh":
         return Mlp(dim, hidden, bias=bias, drop=drop, approximate="tanh")
+    if kind == "relu2":
+        return Mlp(dim, hidden, bias=bias, drop=drop, act=ReLUSquared())
     if kind == "quick_gelu":
         return Mlp(dim, hidden, bias=bias, drop=drop, act=QuickGELU())
     if kind == "swiglu":
         return SwiGLU(dim, hidden, bias=bias, drop=drop)
     if kind == "geglu_tanh":
         return GEGLU(dim, hidden, bias=bias, drop=drop)
-    raise ValueError(f"unknown mlp kind {kind!r}; choose from 'gelu', 'gelu_tanh', 'quick_gelu', 'swiglu', "
-                     "'geglu_tanh'")
+    raise ValueError(f"unknown mlp kind {kind!r}; choose from 'gelu', 'gelu_tanh', 'relu2', 'quick_gelu', "
+                     "'swiglu', 'geglu_tanh'")

@@ -39,12 +39,17 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int | None = None) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE tables: forward(positions (B, T) or (T,)) -> (cos, sin) shaped to broadcast over heads."""
+    """RoPE tables: forward(positions (B, T) or (T,)) -> (cos, sin) shaped to broadcast over heads.
+
+    `span(start, length, device, dtype)` gives the same tables for positions start..start+length-1 as views of
+    a table cached per device and dtype (grown on demand, never saved): the path of every forward without
+    explicit positions, so a training step computes no cos/sin and casts nothing."""
 
     def __init__(self, head_dim: int, base: float = 10000.0):
         super().__init__()
         inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._cache: dict = {}  # (device, dtype) -> (cos, sin), each (L, Dh)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[..., None] * self.inv_freq  # (.., T, Dh/2)
@@ -53,12 +58,40 @@ class RotaryEmbedding(nn.Module):
             emb = emb[:, None]  # (B, 1, T, Dh)
         return emb.cos(), emb.sin()
 
+    def span(self, start: int, length: int, device=None, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each (length, Dh), for positions start..start+length-1 (start >= 0): equal to
+        forward(arange(start, start + length)) cast to `dtype` (default float32)."""
+        device = torch.device(device) if device is not None else self.inv_freq.device
+        key, end = (device, dtype or torch.float32), start + length
+        table = self._cache.get(key)
+        if table is None or table[0].shape[0] < end or table[0].device != device:
+            size = max(end, 2 * table[0].shape[0] if table is not None else 256)
+            cos, sin = self(torch.arange(size, device=device))
+            table = self._cache[key] = (cos.to(key[1]), sin.to(key[1]))
+        return table[0][start:end], table[1][start:end]
+
+    def _apply(self, fn, recurse=True):  # .to(), .half(), ...: tables are rebuilt from the moved inv_freq
+        self._cache = {}
+        return super()._apply(fn, recurse)
+
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: (B, H, T, Dh); rotate-half formulation (GPT-NeoX / Llama)."""
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+def rotate_heads(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """apply_rotary's rotation in three kernels and no concatenation, for x (.., Dh) and cos/sin broadcastable to
+    it: out = x * cos; out[:h] -= x2 * sin[:h]; out[h:] += x1 * sin[h:] (sin's halves are equal). Used on
+    the (B, T, 2, H, Dh) slice of q and k together, straight out of the qkv projection."""
+    h = x.shape[-1] // 2
+    s = sin[..., :h].to(x.dtype)
+    out = x * cos.to(x.dtype)
+    out[..., :h].addcmul_(x[..., h:], s, value=-1.0)
+    out[..., h:].addcmul_(x[..., :h], s)
+    return out
 
 
 def timestep_frequencies(t: torch.Tensor, dim: int, max_period: float = 10000.0, freq_shift: int = 0) -> torch.Tensor:

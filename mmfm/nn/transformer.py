@@ -44,6 +44,7 @@ class StackConfig:
     post_norm: bool = False  # norm after each residual sum (BERT) instead of before each sub-layer
     mlp_hidden: int | None = None  # the MLP's inner width (None: int(dim * mlp_ratio))
     head_dim: int | None = None  # attention head width (None: dim // n_heads)
+    qk_norm: bool = False  # RMSNorm on every head's query and key before attention
 
 
 class LayerScale(nn.Module):
@@ -61,7 +62,8 @@ class Block(nn.Module):
         dim, affine = cfg.dim, cfg.cond_dim is None  # adaLN supplies the affine part
         self.norm1 = build_norm(cfg.norm, dim, cfg.norm_eps, affine=affine, bias=cfg.bias)
         self.attn = Attention(dim, cfg.n_heads, cfg.causal, qkv_bias=cfg.bias, proj_bias=cfg.bias,
-                              attn_drop=cfg.dropout, proj_drop=cfg.dropout, head_dim=cfg.head_dim)
+                              attn_drop=cfg.dropout, proj_drop=cfg.dropout, head_dim=cfg.head_dim,
+                              qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps)
         self.norm2 = build_norm(cfg.norm, dim, cfg.norm_eps, affine=affine, bias=cfg.bias)
         hidden = cfg.mlp_hidden or int(dim * cfg.mlp_ratio)
         self.mlp = build_mlp(cfg.mlp, dim, hidden, bias=cfg.bias, drop=cfg.dropout)
@@ -127,10 +129,11 @@ class Transformer(nn.Module):
                 context_mask=None, attn_bias=None):
         rope = None
         if self.rope is not None:
-            if positions is None:
-                start = caches[0].length if caches else 0
-                positions = torch.arange(start, start + x.shape[1], device=x.device)
-            rope = self.rope(positions)
+            if positions is None:  # cached tables, in the dtype q and k will have
+                dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+                rope = self.rope.span(caches[0].length if caches else 0, x.shape[1], x.device, dtype)
+            else:
+                rope = self.rope(positions)
         for i, blk in enumerate(self.blocks):
             x = blk(x, c, key_padding_mask, rope, caches[i] if caches else None, context, context_mask, attn_bias)
         return self.norm(x)
