@@ -5,12 +5,14 @@
     python recipes/clip_pretrain.py --data captioned_images/ --test-fraction 0.1   # image + same-named .txt
     python recipes/clip_pretrain.py --data 'shards/train-{000000..000099}.tar' --test-data 'shards/test-*.tar'
     python recipes/clip_pretrain.py --devices 2 --strategy ddp --max-steps 200 batch_size=128
+    python recipes/clip_pretrain.py loss=siglip --out runs/siglip   # SigLIP's sigmoid loss (logit bias -10, scale 10)
 
 Writes <out>/metrics.json, <out>/model/ (config, weights, tokenizer), <out>/loss.png and <out>/clip_summary.png.
 """
 from __future__ import annotations
 
 import logging
+import math
 import string
 import sys
 from pathlib import Path
@@ -104,6 +106,8 @@ def main(argv=None) -> dict:
     base = read_config(Path(args.preset)) if (Path(args.preset) / "config.json").is_file() else mmfm.get_config(args.preset)
     routed = split_overrides(args.overrides, model=base, train=ClipTrain())
     train = ClipTrain(**routed["train"])
+    if train.loss == "siglip" and not (Path(args.preset) / "config.json").is_file():  # the paper's initial values
+        routed["model"] = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0, **routed["model"]}
     data_timer = Timer()
     train_data, test_data, split = resolve_data(args)
     model = build_clip(args.preset, routed["model"], train_data)

@@ -3,11 +3,18 @@
     python recipes/vlm_train.py                              # vlm-mini, prefix fusion, runs/vlm
     python recipes/vlm_train.py fusion=cross --out runs/vlm_cross
     python recipes/vlm_train.py --max-steps 50 n_train=500 n_test=100 blind=false     # a smoke run
+    python recipes/vlm_train.py task=caption clip=runs/clip/model --out runs/vlm_caption   # captioning
 
 Data: 2x2 canvases of real MNIST-5k digits and animal silhouettes with generated questions (mmfm/data/vqa.py),
 split by source image. Trains the VLM and, with blind=true (default), the same model on a blank image (the
 question-only control), for --max-steps each. Writes <out>/model, <out>/metrics.json (vqa_accuracy on the
 held-out canvases, vqa_accuracy_blind, vqa_accuracy/<type>, train_s), loss.png and answers.png.
+
+task=caption: the CLIP shards' captioned digits and animals (data/clip, built if missing; CLIP's split by image),
+the caption after the prompt "caption:" (loss on the caption only), greedy captions with the KV cache on
+n_caption_test held-out images: test/bleu4, test/rouge_l (torchmetrics), and with the CLIP folder `clip=`
+test/clip_score of the generated captions, test/clip_score_real of the real ones and their ratio; captions.png.
+blind=true also trains the caption model on blank images (test/*_blind).
 """
 from __future__ import annotations
 
@@ -19,7 +26,8 @@ from pathlib import Path
 import torch
 
 import mmfm
-from mmfm.config import opt
+from mmfm.config import ConfigError, opt
+from mmfm.data.captions import caption_sets, caption_tokenizer
 from mmfm.data.stepstream import resumable_loader
 from mmfm.data.vqa import VQAConfig, vqa_sets
 from mmfm.registry import read_config
@@ -27,6 +35,7 @@ from mmfm.train import (LossHistory, Timer, checkpoint_to_resume, finish, make_t
                         setup_logging, split_overrides)
 from mmfm.train.budget import time_limit
 from mmfm.train.strategies import gathered
+from mmfm.train.captioning import caption_grid, evaluate_captions, load_clip
 from mmfm.train.vlm import QACollate, VLMTask, answer_grid, evaluate_vqa, vqa_tokenizer
 
 log = logging.getLogger("vlm_train")
@@ -42,6 +51,10 @@ class VLMTrain:
     blind: bool = True  # also train the question-only control
     max_minutes: float = opt(0.0, lo=0.0)  # > 0: stop each model's training at this wall-clock budget
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    task: str = opt("vqa", choices=("vqa", "caption"))
+    clip: str = "runs/clip/model"  # task=caption: the mmfm CLIP folder that scores captions
+    n_caption_test: int = opt(500, lo=0)  # task=caption: held-out images captioned (0: all 2,943)
+    caption_data: str = "data/clip"  # task=caption: a folder of mmfm.data.imagetext shards (the default is built)
 
 
 def train_one(args, model, tok, sets, train: VLMTrain, blind: bool):
@@ -62,6 +75,44 @@ def train_one(args, model, tok, sets, train: VLMTrain, blind: bool):
     return timer.elapsed, trainer
 
 
+def caption_main(args, routed: dict, train: VLMTrain, timer: Timer) -> dict:
+    """task=caption: train on the CLIP shards' captions, caption the held-out images, score the captions."""
+    clip = load_clip(train.clip)  # before training: a missing folder is refused at once
+    tok = caption_tokenizer()
+    sets = caption_sets(train.caption_data, n_test=train.n_caption_test, seed=args.seed)
+    size = sets["train"][0].image.shape[-1]
+
+    def build():
+        torch.manual_seed(args.seed)
+        model = mmfm.build_model(args.preset, **{"img_size": size, **routed["model"], "vocab_size": tok.vocab_size})
+        model.tokenizer = tok
+        return model
+
+    model = build()
+    log.info("%s (%s fusion, captions): %d params; %d train / %d test images", args.preset, model.config.fusion,
+             model.num_params(), len(sets["train"]), len(sets["test"]))
+    train_s, trainer = train_one(args, model, tok, sets, train, blind=False)
+    model = gathered(model)
+    if not trainer.is_global_zero:
+        return {}
+    model.to(trainer.strategy.root_device)
+    clip.to(trainer.strategy.root_device)
+    metrics, shown = evaluate_captions(model, sets["test"], clip)
+    caption_grid(shown, Path(args.out) / "captions.png")
+    metrics.update({"train_s": round(train_s, 1), "steps": trainer.global_step, "params": model.num_params(),
+                    "fusion": model.config.fusion, "clip": str(train.clip)})
+    if train.blind:
+        control = build()
+        blind_s, blind_trainer = train_one(args, control, tok, sets, train, blind=True)
+        control.to(blind_trainer.strategy.root_device)
+        blind, _ = evaluate_captions(control, sets["test"], clip, blind=True)
+        metrics.update({f"{k}_blind": v for k, v in blind.items() if "real" not in k})
+        metrics["train_s_blind"] = round(blind_s, 1)
+    log.info("captions: BLEU-4 %.3f, ROUGE-L %.3f, CLIP score %.2f vs real %.2f", metrics["test/bleu4"],
+             metrics["test/rouge_l"], metrics["test/clip_score"], metrics["test/clip_score_real"])
+    return finish(args, model, metrics, timer)
+
+
 def main(argv=None):
     setup_logging()
     args = parse_args(recipe_parser(__doc__.splitlines()[0], DEFAULT_PRESET, 1500, "runs/vlm"), argv)
@@ -71,6 +122,14 @@ def main(argv=None):
     if train.threads:
         torch.set_num_threads(train.threads)
     timer = Timer()
+    if train.task == "caption":
+        if routed["data"]:
+            raise ConfigError(f"task=caption reads the CLIP shards; the VQA data settings {sorted(routed['data'])} "
+                              "do not apply to it")
+        return caption_main(args, routed, train, timer)
+    extra = sorted({"clip", "n_caption_test", "caption_data"} & set(routed["train"]))
+    if extra:
+        raise ConfigError(f"{extra} apply to task=caption only")
     tok = vqa_tokenizer()
     sets = vqa_sets(data_cfg, seed=args.seed)
     torch.manual_seed(args.seed)

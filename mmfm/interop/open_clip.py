@@ -28,6 +28,7 @@ _TOP = {  # everything outside the blocks
     "visual.ln_post": "visual.transformer.norm", "visual.proj": "visual_proj",
     "token_embedding.weight": "text.token_embedding.weight", "positional_embedding": "text.pos_embed",
     "ln_final": "text.transformer.norm", "text_projection": "text_proj", "logit_scale": "logit_scale",
+    "logit_bias": "logit_bias",  # SigLIP-trained models
 }
 
 
@@ -96,6 +97,7 @@ def config_from_open_clip(model) -> CLIPConfig:
         tokenizer="clip" if model.text_pool_type == "argmax" else "bpe",
         mlp="gelu" if isinstance(vblock.mlp.gelu, torch.nn.GELU) else "quick_gelu",
         init_logit_scale=float(model.logit_scale.detach()),
+        init_logit_bias=None if getattr(model, "logit_bias", None) is None else float(model.logit_bias.detach()),
     )
 
 
@@ -173,6 +175,7 @@ def to_open_clip(clip: CLIP):
                                              mlp_ratio=c.mlp_ratio, eos_id=c.eot_id,
                                              pool_type="argmax" if c.eot_id == c.vocab_size - 1 else "eos"),
         init_logit_scale=float(clip.logit_scale.detach()), quick_gelu=c.mlp == "quick_gelu",
+        init_logit_bias=None if clip.logit_bias is None else float(clip.logit_bias.detach()),
     )
     model.load_state_dict(_open_clip_state(clip), strict=True)
     return model.train(clip.training)

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from open_clip.loss import ClipLoss as _OpenClipLoss
+from open_clip.loss import SigLipLoss as _OpenSigLipLoss
 
 
 def world() -> tuple[int, int]:
@@ -36,6 +37,24 @@ class ClipLoss(nn.Module):
             self._impl[key] = _OpenClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True,
                                             rank=key[0], world_size=key[1])
         return self._impl[key](image_features, text_features, logit_scale)
+
+
+class SigLipLoss(nn.Module):
+    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023): open_clip's SigLipLoss behind mmfm's name.
+
+    forward(image_features (B, E), text_features (B, E), logit_scale, logit_bias) -> scalar: every image-text
+    pair of the batch is a binary match/no-match problem, -sum(log sigmoid(label * (scale * cos + bias))) / B.
+    Under DDP open_clip passes the text features round the ranks ('bidir' neighbour exchange)."""
+
+    def __init__(self):
+        super().__init__()
+        self._impl: dict[tuple[int, int], _OpenSigLipLoss] = {}
+
+    def forward(self, image_features, text_features, logit_scale, logit_bias):
+        key = world()
+        if key not in self._impl:
+            self._impl[key] = _OpenSigLipLoss(cache_labels=True, rank=key[0], world_size=key[1])
+        return self._impl[key](image_features, text_features, logit_scale, logit_bias)
 
 
 def contrastive_accuracy(image_features, text_features) -> torch.Tensor:

@@ -34,6 +34,7 @@ class CLIPConfig(ModelConfig):
     mlp: str = opt("gelu", choices=("gelu", "quick_gelu"))  # quick_gelu: OpenAI's original CLIP weights
     eot_token_id: int = opt(-1, lo=-1)  # -1: vocab_size - 1 (CLIP BPE's end-of-text)
     init_logit_scale: float = opt(math.log(1 / 0.07), lo=-10.0, hi=10.0)  # exp() finite even in fp16 (e^11.1)
+    init_logit_bias: float | None = None  # a number: a learnable logit bias (SigLIP: -10, with logit scale log 10)
     tokenizer: str = opt("clip", choices=("clip", "char", "bpe"))
     # preprocessing the image tower expects: pixels in [0, 1] -> (x - mean) / std per channel (OpenAI CLIP's)
     image_mean: tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073)
@@ -125,6 +126,7 @@ class CLIP(Model):
         self.text = TextTower(c)
         self.text_proj = nn.Parameter(torch.randn(c.text_width, c.embed_dim) * c.text_width**-0.5)
         self.logit_scale = nn.Parameter(torch.tensor(c.init_logit_scale))
+        self.logit_bias = None if c.init_logit_bias is None else nn.Parameter(torch.tensor(float(c.init_logit_bias)))
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """(B, C, H, W) normalised floats, or uint8 pixels (scaled to [0, 1] and normalised with the config's

@@ -111,6 +111,16 @@ class VLM(Model):
             key_padding_mask = torch.cat([keep, key_padding_mask.bool()], dim=1)  # (B, P + T)
         return self.lm(idx, key_padding_mask=key_padding_mask, prefix=image)
 
+    def generate(self, images, prompts, max_new_tokens: int, **kwargs):
+        """Text after each (image, prompt) with a KV cache; see `mmfm.models.vlm_generate.generate_with_image`.
+
+        generate(images (B, C, H, W), prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                 generator=None, tokenizer=None) -> Generation
+        """
+        from .vlm_generate import generate_with_image
+
+        return generate_with_image(self, images, prompts, max_new_tokens, **kwargs)
+
     @classmethod
     def from_parts(cls, vision: ViT, lm: GPT, fusion: str = "prefix", projector: str = "mlp") -> "VLM":
         """A VLM whose tower and language model start from trained mmfm models (their weights are copied; the

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 
 from ..config import opt
-from ..losses.contrastive import ClipLoss, contrastive_accuracy
+from ..losses.contrastive import ClipLoss, SigLipLoss, contrastive_accuracy
 from .budget import BudgetClock
 from .optim import build_optimizer, build_scheduler
 from .strategies import ShardedTask
@@ -18,6 +18,7 @@ from .strategies import ShardedTask
 class ClipTrain:
     """Training settings of recipes/clip_pretrain.py (override any with key=value)."""
 
+    loss: str = opt("clip", choices=("clip", "siglip"))  # siglip: open_clip's SigLipLoss (the model needs a logit bias)
     lr: float = opt(1e-3, gt=0.0)
     min_lr_ratio: float = opt(0.05, lo=0.0, hi=1.0)
     warmup: int = opt(100, lo=0)
@@ -52,7 +53,10 @@ class ClipTask(ShardedTask, L.LightningModule):
     def __init__(self, model, train: ClipTrain, max_steps: int):
         super().__init__()
         self.model, self.train_cfg, self.max_steps = model, train, max_steps
-        self.loss_fn = ClipLoss()
+        if train.loss == "siglip" and getattr(model, "logit_bias", None) is None:
+            raise ValueError("loss=siglip needs a CLIP with a learnable logit bias: build it with init_logit_bias "
+                             "(the recipe sets -10, and init_logit_scale log 10, for a preset)")
+        self.loss_fn = SigLipLoss() if train.loss == "siglip" else ClipLoss()
         self.samples_seen = 0
         self.skipped: dict[int, int] = {}  # DataLoader worker -> undecodable samples it skipped so far
         self.clock = BudgetClock(train.train_minutes * 60)
@@ -68,7 +72,11 @@ class ClipTask(ShardedTask, L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         image, text, scale = self.model(batch["images"], batch["text"])
-        loss = self.loss_fn(image, text, scale)
+        if self.train_cfg.loss == "siglip":
+            loss = self.loss_fn(image, text, scale, self.model.logit_bias)
+            self.log("train/logit_bias", self.model.logit_bias.detach())
+        else:
+            loss = self.loss_fn(image, text, scale)
         self.samples_seen += batch["images"].shape[0]
         if "skipped" in batch:
             worker, count = batch["skipped"]
