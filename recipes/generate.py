@@ -30,7 +30,7 @@ def read_image(p, path: str, config) -> torch.Tensor:
         image = image.convert("L" if config.in_chans == 1 else "RGB").resize((config.img_size, config.img_size))
     except (OSError, UnidentifiedImageError) as e:
         p.error(f"--image {path}: cannot read it as an image ({e})")
-    pixels = torch.as_tensor(np.asarray(image, dtype=np.uint8))
+    pixels = torch.as_tensor(np.array(image, dtype=np.uint8))
     return (pixels[None] if pixels.dim() == 2 else pixels.permute(2, 0, 1))[None]  # (H, W[, C]) -> (1, C, H, W)
 
 

@@ -63,8 +63,6 @@ def _check_supported(model) -> None:
                          f"{type(getattr(model, 'visual', None)).__name__} (ResNet CLIPs such as RN50 are not supported)")
     if not hasattr(model, "token_embedding"):
         raise ValueError("only open_clip CLIP models with the built-in text tower convert (not an HF text tower)")
-    if getattr(model, "logit_bias", None) is not None:
-        raise ValueError("SigLIP-style logit_bias is not supported")
     v = model.visual
     if v.attn_pool is not None or v.pool_type != "tok" or v.final_ln_after_pool:
         raise ValueError("only class-token pooling with ln_post before pooling is supported")
