@@ -110,3 +110,12 @@ def test_switches_default_off_keep_state_dict():
 def test_bad_mlp_kind_names_the_choices():
     with pytest.raises(Exception, match="relu2"):
         mmfm.build_model("gpt-test", mlp="relu3")
+
+
+def test_rope_table_made_under_inference_mode_serves_training():
+    model = _model()
+    idx = torch.randint(0, 256, (1, 10))
+    with torch.inference_mode():
+        model(idx)  # generate's first call builds the cached tables
+    model(idx).sum().backward()  # would fail if the cached tables were inference tensors
+    assert model.wte.weight.grad is not None

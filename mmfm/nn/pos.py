@@ -66,8 +66,9 @@ class RotaryEmbedding(nn.Module):
         table = self._cache.get(key)
         if table is None or table[0].shape[0] < end or table[0].device != device:
             size = max(end, 2 * table[0].shape[0] if table is not None else 256)
-            cos, sin = self(torch.arange(size, device=device))
-            table = self._cache[key] = (cos.to(key[1]), sin.to(key[1]))
+            with torch.inference_mode(False), torch.no_grad():  # a table first made by generate serves training too
+                cos, sin = self(torch.arange(size, device=device))
+                table = self._cache[key] = (cos.to(key[1]), sin.to(key[1]))
         return table[0][start:end], table[1][start:end]
 
     def _apply(self, fn, recurse=True):  # .to(), .half(), ...: tables are rebuilt from the moved inv_freq

@@ -10,7 +10,7 @@ import torch
 from ..config import opt
 from ..losses.lm import lm_loss
 from .budget import BudgetClock
-from .optim import build_optimizer, build_scheduler, maybe_compile
+from .optim import MUON_LR, OPTIMIZERS, build_optimizer, build_scheduler, maybe_compile
 from .strategies import ShardedTask
 
 
@@ -24,6 +24,8 @@ class LMTrainConfig:
     min_lr: float = opt(3e-4, lo=0.0)  # cosine decays lr to min_lr at the last step
     warmup_steps: int = opt(100, lo=0)
     weight_decay: float = opt(0.1, lo=0.0)
+    optimizer: str = opt("adamw", choices=OPTIMIZERS)  # muon: Muon for the stack's matrices, AdamW for the rest
+    muon_lr: float = opt(MUON_LR, gt=0.0)  # Muon's peak lr (optimizer=muon only); the schedule scales it with lr
     beta1: float = opt(0.9, lo=0.0, lt=1.0)
     beta2: float = opt(0.99, lo=0.0, lt=1.0)
     grad_clip: float = opt(1.0, lo=0.0)
@@ -46,6 +48,8 @@ class LMTask(ShardedTask, L.LightningModule):
     def __init__(self, model: torch.nn.Module, cfg: LMTrainConfig, max_steps: int, clock: BudgetClock | None = None):
         super().__init__()
         self.model, self.cfg, self.max_steps = model, cfg, max_steps
+        if cfg.optimizer != "muon" and cfg.muon_lr != MUON_LR:
+            raise ValueError(f"muon_lr={cfg.muon_lr} is used by optimizer=muon only (optimizer={cfg.optimizer})")
         self.clock = clock if clock is not None else BudgetClock(cfg.time_budget_s)
         if self.clock.budget_s != (cfg.time_budget_s or 0.0):
             raise ValueError(f"the clock's budget ({self.clock.budget_s} s) differs from "
@@ -70,7 +74,8 @@ class LMTask(ShardedTask, L.LightningModule):
 
     def configure_optimizers(self):
         c = self.cfg
-        opt = build_optimizer(self.model, c.lr, c.weight_decay, betas=(c.beta1, c.beta2), trainer=self._trainer)
+        opt = build_optimizer(self.model, c.lr, c.weight_decay, betas=(c.beta1, c.beta2), trainer=self._trainer,
+                              optimizer=c.optimizer, muon_lr=c.muon_lr)
         progress = self.clock.fraction if c.time_budget_s else None
         return {"optimizer": opt,
                 "lr_scheduler": build_scheduler(opt, c.warmup_steps, self.max_steps, c.min_lr / c.lr if c.lr else 0.0,

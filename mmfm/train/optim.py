@@ -1,5 +1,6 @@
-"""The one optimizer and schedule builder every task calls: AdamW over decay / no-decay parameter groups, and a
-linear-warmup cosine multiplier that can also follow a time budget."""
+"""The one optimizer and schedule builder every task calls: AdamW over decay / no-decay parameter groups (or Muon
+for the hidden matrices and AdamW for the rest), and a linear-warmup cosine multiplier that can also follow a time
+budget."""
 from __future__ import annotations
 
 import math
@@ -42,17 +43,92 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+OPTIMIZERS = ("adamw", "muon")
+MUON_LR = 0.02  # Keller Jordan's Muon default for hidden matrices (torch's "original" lr adjustment)
+
+
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
-                    eps: float = 1e-8, fused: bool | None = None, trainer=None) -> torch.optim.AdamW:
+                    eps: float = 1e-8, fused: bool | None = None, trainer=None, optimizer: str = "adamw",
+                    muon_lr: float = MUON_LR) -> torch.optim.Optimizer:
     """AdamW over `param_groups`; the fused kernel when every parameter is on cpu or cuda (unless `fused` says),
     except under a mixed-precision `trainer` that clips gradients: Lightning refuses to clip a fused optimizer's
-    gradients there (it unscales them inside its step), so that run gets the unfused kernel."""
-    groups = param_groups(model, weight_decay)
+    gradients there (it unscales them inside its step), so that run gets the unfused kernel.
+
+    optimizer="muon": torch.optim.Muon at `muon_lr` for the hidden matrices (`muon_params`) and the AdamW above for
+    everything else (embeddings, head, norms, biases), as one `MuonAdamW` (see there)."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
+    if optimizer != "muon" and muon_lr != MUON_LR:
+        raise ValueError(f"muon_lr={muon_lr} is used by optimizer='muon' only (optimizer={optimizer!r})")
+    if not muon_lr > 0:
+        raise ValueError(f"muon_lr must be > 0, got {muon_lr}")
+    hidden = muon_params(model) if optimizer == "muon" else set()
+    groups = [{**g, "params": [p for p in g["params"] if p not in hidden]} for g in param_groups(model, weight_decay)]
     if fused is None:
         params = [p for g in groups for p in g["params"]]
         fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
         fused = fused and not _clips_under_amp(trainer)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
+    adamw = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused)
+    if optimizer == "adamw":
+        return adamw
+    # Muon's decoupled decay shrinks by lr * wd per step: the same shrink per step as AdamW gives its matrices
+    muon = torch.optim.Muon([p for p in model.parameters() if p in hidden], lr=muon_lr,
+                            weight_decay=weight_decay * lr / muon_lr)
+    return MuonAdamW(muon, adamw)
+
+
+def muon_params(model: torch.nn.Module) -> set:
+    """The hidden matrices Muon takes: the 2-D weights of the nn.Linear layers inside the model's shared
+    Transformer stacks (mmfm.nn.Transformer). Embeddings, the output head, norms and biases stay with AdamW
+    (modded-nanogpt's split; Muon is defined for 2-D hidden-layer weights only)."""
+    from ..nn.transformer import Transformer
+
+    stacks = [m for m in model.modules() if isinstance(m, Transformer)]
+    if not stacks:
+        raise ValueError(f"optimizer='muon' needs a model with an mmfm Transformer stack; {type(model).__name__} "
+                         "has none")
+    return {m.weight for s in stacks for m in s.modules()
+            if isinstance(m, torch.nn.Linear) and m.weight.requires_grad and m.weight.dim() == 2}
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon and AdamW stepped together, seen by Lightning and the LR schedulers as one optimizer: its
+    `param_groups` are the Muon groups then the AdamW groups (the same dicts, so a scheduler scales both lrs by
+    one factor), and its state dict holds both."""
+
+    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW):
+        self.muon, self.adamw = muon, adamw
+        super().__init__([p for g in muon.param_groups + adamw.param_groups for p in g["params"]], {})
+        self.param_groups = muon.param_groups + adamw.param_groups
+
+    @property
+    def state(self) -> dict:
+        """Both optimizers' per-parameter state, merged afresh on every read (Lightning reads it to move the
+        state between devices); the state itself lives in the two optimizers."""
+        return {**self.muon.state, **self.adamw.state}
+
+    @state.setter
+    def state(self, value) -> None:  # Optimizer.__init__ assigns an empty state; the two optimizers hold it
+        if value:
+            raise ValueError("MuonAdamW's state lives in its muon and adamw optimizers")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])  # both replace their groups and state with new objects
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups
 
 
 def _clips_under_amp(trainer) -> bool:
