@@ -1,5 +1,7 @@
 """optimizer='muon' in the one optimizer builder: torch.optim.Muon for the stack's hidden matrices, AdamW for the
-rest; every parameter in exactly one group; it trains; the GPT recipe runs and resumes with it exactly."""
+rest; every parameter in exactly one group; it trains; the GPT recipe runs, checkpoints both states and resumes
+with it. Exact continuation is tested on the optimizer's state dict: the recipe test changes --max-steps between
+its halves, and with it the cosine schedule."""
 from __future__ import annotations
 
 import copy
