@@ -99,21 +99,7 @@ def evaluate_captions(model, dataset, clip=None, batch_size: int = 256, keep: in
 
 def caption_grid(shown: list, path: str | Path, cols: int = 4) -> Path:
     """A PNG of test images, each titled with its real caption and the generated one."""
-    import matplotlib
+    from .vlm import titled_grid
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = max(1, -(-len(shown) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.4 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (ex, pred) in zip(axes.flat, shown):
-        ax.imshow(ex.image[0].numpy(), cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"real: {ex.answer}\nmodel: {pred}", fontsize=8,
-                     color="green" if pred in ex.captions else "black")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return titled_grid([(ex.image, f"real: {ex.answer}\nmodel: {pred}", "green" if pred in ex.captions else "black")
+                        for ex, pred in shown], path, cols, size=(3.4, 3.4))

@@ -130,23 +130,29 @@ def evaluate_vqa(model, tok: CharTokenizer, dataset, blind: bool = False, batch_
     return metrics, shown
 
 
-def answer_grid(shown: list, path: str | Path, cols: int = 4) -> Path:
-    """A PNG of test canvases, each titled with its question, the true answer and the model's."""
+def titled_grid(panels: list, path: str | Path, cols: int = 4, size: tuple[float, float] = (3.2, 3.6)) -> Path:
+    """A PNG of uint8 images (C, H, W; the first channel shown), each with its title and title colour:
+    panels = [(image, title, colour), ...]."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = max(1, -(-len(shown) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.6 * rows), squeeze=False)
+    rows = max(1, -(-len(panels) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (ex, pred) in zip(axes.flat, shown):
-        ax.imshow(ex.image[0].numpy(), cmap="gray", vmin=0, vmax=255)
-        ok = pred.strip() == ex.answer
-        ax.set_title(f"{ex.question}\ntrue: {ex.answer}\nmodel: {pred}", fontsize=8, color="green" if ok else "red")
+    for ax, (image, title, colour) in zip(axes.flat, panels):
+        ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=255)
+        ax.set_title(title, fontsize=8, color=colour)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def answer_grid(shown: list, path: str | Path, cols: int = 4) -> Path:
+    """A PNG of test canvases, each titled with its question, the true answer and the model's."""
+    return titled_grid([(ex.image, f"{ex.question}\ntrue: {ex.answer}\nmodel: {pred}",
+                         "green" if pred.strip() == ex.answer else "red") for ex, pred in shown], path, cols)
