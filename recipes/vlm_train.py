@@ -1,12 +1,14 @@
 """Visual question answering with a vision-language model (an mmfm ViT + projector + GPT) on real pixels.
 
-    python recipes/vlm_train.py                              # vlm-mini, prefix fusion, runs/vlm
+    python recipes/vlm_train.py                              # vlm-tiles, prefix fusion, runs/vlm
+    python recipes/vlm_train.py --preset vlm-mini tower_steps=0   # the whole canvas into one tower, from scratch
     python recipes/vlm_train.py fusion=cross --out runs/vlm_cross
     python recipes/vlm_train.py --max-steps 50 n_train=500 n_test=100 blind=false     # a smoke run
     python recipes/vlm_train.py task=caption clip=runs/clip/model --out runs/vlm_caption   # captioning
 
 Data: 2x2 canvases of real MNIST-5k digits and animal silhouettes with generated questions (mmfm/data/vqa.py),
-split by source image. Trains the VLM and, with blind=true (default), the same model on a blank image (the
+split by source image. First (tower_steps > 0) trains the image tower as a 20-class classifier of the TRAIN
+split's source images only (or starts it from a saved ViT folder, tower=PATH), then trains the VLM and, with blind=true (default), the same model on a blank image (the
 question-only control), for --max-steps each. Writes <out>/model, <out>/metrics.json (vqa_accuracy on the
 held-out canvases, vqa_accuracy_blind, vqa_accuracy/<type>, train_s), loss.png and answers.png.
 
@@ -36,10 +38,10 @@ from mmfm.train import (LossHistory, Timer, checkpoint_to_resume, finish, make_t
 from mmfm.train.budget import time_limit
 from mmfm.train.strategies import gathered
 from mmfm.train.captioning import caption_grid, evaluate_captions, load_clip
-from mmfm.train.vlm import QACollate, VLMTask, answer_grid, evaluate_vqa, vqa_tokenizer
+from mmfm.train.vlm import QACollate, VLMTask, answer_grid, cell_classification_set, evaluate_vqa, vqa_tokenizer
 
 log = logging.getLogger("vlm_train")
-DEFAULT_PRESET = "vlm-mini"
+DEFAULT_PRESETS = {"vqa": "vlm-tiles", "caption": "vlm-mini"}  # --preset overrides either
 
 
 @dataclass
@@ -55,6 +57,11 @@ class VLMTrain:
     clip: str = "runs/clip/model"  # task=caption: the mmfm CLIP folder that scores captions
     n_caption_test: int = opt(500, lo=0)  # task=caption: held-out images captioned (0: all 2,943)
     caption_data: str = "data/clip"  # task=caption: a folder of mmfm.data.imagetext shards (the default is built)
+    tower: str = ""  # a saved mmfm ViT folder (class token, the tile's size) to start the image tower from
+    tower_steps: int = opt(400, lo=0)  # > 0: first train the tower on the train split's source images (classes)
+    tower_batch: int = opt(128, lo=1)
+    freeze_tower: bool = False  # keep the (pre-trained) tower fixed while the VLM trains
+    eval_split: str = opt("test", choices=("val", "test"))  # val: for choosing settings; the headline is test
 
 
 def train_one(args, model, tok, sets, train: VLMTrain, blind: bool):
@@ -73,6 +80,44 @@ def train_one(args, model, tok, sets, train: VLMTrain, blind: bool):
     timer = Timer()
     trainer.fit(task, loader, ckpt_path=checkpoint_to_resume(args.resume))
     return timer.elapsed, trainer
+
+
+def pretrain_tower(args, model, sets, train: VLMTrain) -> dict:
+    """Trains `model.visual` (+ a 20-class head, dropped after) to classify the cells' source images of the TRAIN
+    split, for tower_steps, and copies it into the VLM; -> {"tower/val_accuracy" (the val split's sources),
+    "tower_s"}. Resumed from <resume>/tower when that holds checkpoints."""
+    from mmfm.data.vqa import NAMES
+    from mmfm.models.vit import ViT
+    from mmfm.train.classify import ClassifyTask, predict
+
+    size = model.config.vision().img_size
+    torch.manual_seed(args.seed)
+    clf = ViT(model.config.vision().replace(num_classes=len(NAMES)))
+    loader = resumable_loader(cell_classification_set(sets["train"].src, size), train.tower_batch, args.seed)
+    resume = Path(args.resume) / "tower" if args.resume else None
+    targs = argparse.Namespace(**{**vars(args), "out": str(Path(args.out) / "tower"), "max_steps": train.tower_steps,
+                                  "resume": str(resume) if resume and (resume / "checkpoints").is_dir() else None})
+    task = ClassifyTask(clf, train.lr, train.weight_decay, min(train.warmup_steps, train.tower_steps // 5),
+                        train.tower_steps, augment=True)
+    trainer = make_trainer(targs, callbacks=[LossHistory(targs.out, prefixes=("train/loss",), title="tower")],
+                           limit_val_batches=0)
+    timer = Timer()
+    trainer.fit(task, loader, ckpt_path=checkpoint_to_resume(targs.resume))
+    tower_s = timer.elapsed
+    val = cell_classification_set(sets["val"].src, size)
+    acc = (predict(clf, val.tensors[0]).argmax(-1) == val.tensors[1]).float().mean().item()
+    model.visual.load_state_dict({k: v for k, v in clf.state_dict().items() if not k.startswith("head.")})
+    log.info("tower: %d steps in %.0f s, val-source accuracy %.3f", trainer.global_step, tower_s, acc)
+    return {"tower/val_accuracy": round(acc, 4), "tower_s": round(tower_s, 1), "tower_steps": trainer.global_step}
+
+
+def load_tower(model, path: str) -> dict:
+    """Copies a saved mmfm ViT folder's tower (its head dropped) into the VLM; the shapes must fit."""
+    vit = mmfm.build_model(path)
+    if vit.config.replace(num_classes=0) != model.config.vision():
+        raise ConfigError(f"tower={path}: its ViT config does not fit the VLM's tower {model.config.vision()}")
+    model.visual.load_state_dict({k: v for k, v in vit.state_dict().items() if not k.startswith("head.")})
+    return {"tower": path}
 
 
 def caption_main(args, routed: dict, train: VLMTrain, timer: Timer) -> dict:
@@ -113,9 +158,53 @@ def caption_main(args, routed: dict, train: VLMTrain, timer: Timer) -> dict:
     return finish(args, model, metrics, timer)
 
 
+def build_vqa_model(args, routed, data_cfg, tok):
+    torch.manual_seed(args.seed)
+    model = mmfm.build_model(args.preset, **{"img_size": data_cfg.size, **routed["model"], "vocab_size": tok.vocab_size})
+    model.tokenizer = tok
+    return model
+
+
+def vqa_main(args, routed: dict, train: VLMTrain, data_cfg: VQAConfig, timer: Timer) -> dict:
+    """The VQA task: the tower (pre-trained, loaded or fresh), the VLM, then the blind control; metrics."""
+    tok = vqa_tokenizer()
+    sets = vqa_sets(data_cfg, seed=args.seed)
+    model = build_vqa_model(args, routed, data_cfg, tok)
+    log.info("%s (%s fusion, %d image tokens): %d params; %d train / %d test questions", args.preset,
+             model.config.fusion, model.config.image_tokens, model.num_params(), len(sets["train"]), len(sets["test"]))
+    resumed = args.resume and (Path(args.resume) / "checkpoints").is_dir()  # the VLM's checkpoint holds the tower
+    tower = {}
+    if train.tower and not resumed:
+        tower = load_tower(model, train.tower)
+    elif train.tower_steps and not resumed:
+        tower = pretrain_tower(args, model, sets, train)
+    if train.freeze_tower:
+        model.visual.requires_grad_(False)
+    train_s, trainer = train_one(args, model, tok, sets, train, blind=False)
+    model = gathered(model)
+    if not trainer.is_global_zero:
+        return {}
+    model.to(trainer.strategy.root_device)  # Lightning moved it back to the CPU after fit
+    metrics, shown = evaluate_vqa(model, tok, sets[train.eval_split], keep=16)
+    answer_grid(shown, Path(args.out) / "answers.png")
+    metrics.update({"train_s": round(train_s + tower.get("tower_s", 0.0), 1), "vlm_s": round(train_s, 1),
+                    "steps": trainer.global_step, "params": model.num_params(), "fusion": model.config.fusion,
+                    "eval_split": train.eval_split, **tower})
+    if train.blind:
+        control = build_vqa_model(args, routed, data_cfg, tok)
+        blind_s, blind_trainer = train_one(args, control, tok, sets, train, blind=True)
+        control.to(blind_trainer.strategy.root_device)
+        blind, _ = evaluate_vqa(control, tok, sets[train.eval_split], blind=True)
+        metrics.update({"vqa_accuracy_blind": blind["vqa_accuracy"], "train_s_blind": round(blind_s, 1),
+                        **{k.replace("vqa_accuracy/", "vqa_accuracy_blind/"): v for k, v in blind.items() if "/" in k}})
+    log.info("VQA accuracy %.3f (blind %s)", metrics["vqa_accuracy"], metrics.get("vqa_accuracy_blind"))
+    return finish(args, model, metrics, timer)
+
+
 def main(argv=None):
     setup_logging()
-    args = parse_args(recipe_parser(__doc__.splitlines()[0], DEFAULT_PRESET, 1500, "runs/vlm"), argv)
+    args = parse_args(recipe_parser(__doc__.splitlines()[0], None, 1500, "runs/vlm"), argv)
+    args.preset = args.preset or DEFAULT_PRESETS.get(args.overrides.get("task", "vqa"), "vlm-mini")
     cfg = read_config(Path(args.preset)) if Path(args.preset).is_dir() else mmfm.get_config(args.preset)
     routed = split_overrides(args.overrides, model=cfg, train=VLMTrain(), data=VQAConfig())
     train, data_cfg = VLMTrain(**routed["train"]), VQAConfig(**routed["data"])
@@ -123,41 +212,18 @@ def main(argv=None):
         torch.set_num_threads(train.threads)
     timer = Timer()
     if train.task == "caption":
-        if routed["data"]:
-            raise ConfigError(f"task=caption reads the CLIP shards; the VQA data settings {sorted(routed['data'])} "
-                              "do not apply to it")
+        extra = sorted(set(routed["data"]) | ({"tower", "tower_steps", "tower_batch", "freeze_tower", "eval_split"}
+                                              & set(routed["train"])))
+        if extra:
+            raise ConfigError(f"task=caption reads the CLIP shards with a tower trained with it; {extra} apply to "
+                              "the VQA task only")
         return caption_main(args, routed, train, timer)
     extra = sorted({"clip", "n_caption_test", "caption_data"} & set(routed["train"]))
     if extra:
         raise ConfigError(f"{extra} apply to task=caption only")
-    tok = vqa_tokenizer()
-    sets = vqa_sets(data_cfg, seed=args.seed)
-    torch.manual_seed(args.seed)
-    model = mmfm.build_model(args.preset, **{"img_size": data_cfg.size, **routed["model"],
-                                             "vocab_size": tok.vocab_size})
-    model.tokenizer = tok
-    log.info("%s (%s fusion): %d params; %d train / %d test questions", args.preset, model.config.fusion,
-             model.num_params(), len(sets["train"]), len(sets["test"]))
-    train_s, trainer = train_one(args, model, tok, sets, train, blind=False)
-    model = gathered(model)
-    if not trainer.is_global_zero:
-        return {}
-    model.to(trainer.strategy.root_device)  # Lightning moved it back to the CPU after fit
-    metrics, shown = evaluate_vqa(model, tok, sets["test"], keep=16)
-    answer_grid(shown, Path(args.out) / "answers.png")
-    metrics.update({"train_s": round(train_s, 1), "steps": trainer.global_step, "params": model.num_params(),
-                    "fusion": model.config.fusion})
-    if train.blind:
-        torch.manual_seed(args.seed)
-        control = mmfm.build_model(args.preset, **{"img_size": data_cfg.size, **routed["model"],
-                                                   "vocab_size": tok.vocab_size})
-        blind_s, blind_trainer = train_one(args, control, tok, sets, train, blind=True)
-        control.to(blind_trainer.strategy.root_device)
-        blind, _ = evaluate_vqa(control, tok, sets["test"], blind=True)
-        metrics.update({"vqa_accuracy_blind": blind["vqa_accuracy"], "train_s_blind": round(blind_s, 1),
-                        **{k.replace("vqa_accuracy/", "vqa_accuracy_blind/"): v for k, v in blind.items() if "/" in k}})
-    log.info("VQA accuracy %.3f (blind %s)", metrics["vqa_accuracy"], metrics.get("vqa_accuracy_blind"))
-    return finish(args, model, metrics, timer)
+    if train.tower and "tower_steps" in routed["train"] and train.tower_steps:
+        raise ConfigError("tower= starts the tower from a saved ViT; tower_steps= trains one first: choose one")
+    return vqa_main(args, routed, train, data_cfg, timer)
 
 
 if __name__ == "__main__":

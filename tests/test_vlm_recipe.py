@@ -63,7 +63,8 @@ def test_recipe_end_to_end(tmp_path, monkeypatch):
     _fake_sources(monkeypatch)
     out = tmp_path / "vlm"
     metrics = _recipe().main(["--out", str(out), "--max-steps", "3", "--preset", "vlm-test", "patch_size=14",
-                              "block_size=96", "n_train=20", "n_val=4", "n_test=12", "batch_size=4"])
+                              "block_size=96", "n_train=20", "n_val=4", "n_test=12", "batch_size=4",
+                              "tower_steps=2", "tower_batch=8"])
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["steps"] == 3 and 0.0 <= saved["vqa_accuracy"] <= 1.0 and 0.0 <= saved["vqa_accuracy_blind"] <= 1.0
     assert {k for k in saved if k.startswith("vqa_accuracy/")} <= {f"vqa_accuracy/{t}" for t in

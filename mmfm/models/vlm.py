@@ -7,6 +7,10 @@ Two fusions, one config switch (`fusion`):
 
     vlm = build_model("vlm-test")                       # or fusion="cross"
     logits = vlm(images (B, C, H, W), idx (B, T))       # (B, T, V): next-token logits over the text only
+
+Tiling (`tiles=t`, as LLaVA-NeXT's "AnyRes"): the image is cut into t x t tiles of the tower's own size, the
+tower encodes each tile, and the tiles' tokens (every token, or only each tile's class token with
+`tile_tokens="cls"`) follow one another in raster order, each tile's with a learned tile embedding added.
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ class VLMConfig(ModelConfig):
     fusion: str = opt("prefix", choices=("prefix", "cross"))
     # the image tower (an mmfm ViT without a head; every token after the final norm is passed on)
     img_size: int = opt(56, lo=1)  # the VQA canvases: 2 x 2 cells of 28 pixels
+    tiles: int = opt(1, lo=1)  # > 1: the tower sees t x t tiles of img_size / t pixels each (AnyRes-style)
+    tile_tokens: str = opt("all", choices=("all", "cls"))  # per tile: every token, or its class token only
     patch_size: int = opt(7, lo=1)
     in_chans: int = opt(1, lo=1)
     vision_width: int = opt(128, lo=1)
@@ -53,6 +59,7 @@ class VLMConfig(ModelConfig):
 
     def validate(self):
         super().validate()
+        check(self.img_size % self.tiles == 0, f"img_size={self.img_size} must be divisible by tiles={self.tiles}")
         self.vision().validate()
         self.language().validate()
         if self.fusion == "prefix":
@@ -61,11 +68,12 @@ class VLMConfig(ModelConfig):
 
     @property
     def image_tokens(self) -> int:
-        """Tokens the image contributes: the class token and every patch."""
-        return (self.img_size // self.patch_size) ** 2 + 1
+        """Tokens the image contributes: per tile, the class token and every patch (or the class token only)."""
+        per_tile = 1 if self.tile_tokens == "cls" else (self.img_size // self.tiles // self.patch_size) ** 2 + 1
+        return self.tiles**2 * per_tile
 
     def vision(self) -> ViTConfig:
-        return ViTConfig(img_size=self.img_size, patch_size=self.patch_size, in_chans=self.in_chans,
+        return ViTConfig(img_size=self.img_size // self.tiles, patch_size=self.patch_size, in_chans=self.in_chans,
                          dim=self.vision_width, depth=self.vision_layers, n_heads=self.vision_heads, num_classes=0,
                          mlp=self.vision_mlp, norm_eps=self.vision_norm_eps, pre_norm=self.vision_pre_norm,
                          patch_bias=self.vision_patch_bias)
@@ -77,6 +85,7 @@ class VLMConfig(ModelConfig):
 
     def estimate_params(self) -> int:
         proj = self.vision_width * self.n_embd + (self.n_embd**2 if self.projector == "mlp" else 0)
+        proj += self.tiles**2 * self.n_embd if self.tiles > 1 else 0  # the tile embeddings
         return self.vision().estimate_params() + proj + self.language().estimate_params()
 
 
@@ -97,10 +106,25 @@ class VLM(Model):
         else:
             self.projector = nn.Linear(c.vision_width, c.n_embd)
         self.lm = GPT(c.language())
+        if c.tiles > 1:  # which tile a token came from (the tower's own positions are within a tile)
+            self.tile_embed = nn.Parameter(torch.randn(c.tiles**2, c.n_embd) * 0.02)
 
     def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, image_tokens, n_embd): the tower's tokens in the language model's width."""
-        return self.projector(self.visual.forward_features(images))
+        t = self.config.tiles
+        if t == 1:
+            return self.projector(self.visual.forward_features(images))
+        B, C, H, W = images.shape
+        if H != W or H != self.config.img_size:
+            raise ValueError(f"images: the tiled model takes {self.config.img_size}x{self.config.img_size} images, "
+                             f"got {tuple(images.shape)}")
+        s = H // t
+        tiles = images.reshape(B, C, t, s, t, s).permute(0, 2, 4, 1, 3, 5).reshape(B * t * t, C, s, s)  # raster order
+        tokens = self.visual.forward_features(tiles)  # (B * t * t, N, D)
+        if self.config.tile_tokens == "cls":
+            tokens = tokens[:, :1]  # (B * t * t, 1, D)
+        tokens = self.projector(tokens).reshape(B, t * t, -1, self.config.n_embd)  # (B, t * t, n, E)
+        return (tokens + self.tile_embed[None, :, None]).flatten(1, 2)  # (B, t * t * n, E)
 
     def forward(self, images, idx, key_padding_mask=None):
         image = self.image_embeddings(images)
@@ -122,13 +146,16 @@ class VLM(Model):
         return generate_with_image(self, images, prompts, max_new_tokens, **kwargs)
 
     @classmethod
-    def from_parts(cls, vision: ViT, lm: GPT, fusion: str = "prefix", projector: str = "mlp") -> "VLM":
+    def from_parts(cls, vision: ViT, lm: GPT, fusion: str = "prefix", projector: str = "mlp", tiles: int = 1,
+                   tile_tokens: str = "all") -> "VLM":
         """A VLM whose tower and language model start from trained mmfm models (their weights are copied; the
-        projector, and the cross-attention with fusion="cross", start fresh)."""
+        projector, the tile embeddings, and the cross-attention with fusion="cross", start fresh). With `tiles`,
+        the VLM takes images of tiles x the tower's size."""
         v, g = vision.config, lm.config
         if v.pool != "cls" or not v.class_token or v.fc_norm or v.ls_init is not None:
             raise ValueError("the VLM's tower is a class-token ViT without fc_norm or layer scale")
-        cfg = VLMConfig(fusion=fusion, projector=projector, img_size=v.img_size, patch_size=v.patch_size,
+        cfg = VLMConfig(fusion=fusion, projector=projector, img_size=v.img_size * tiles, tiles=tiles,
+                        tile_tokens=tile_tokens, patch_size=v.patch_size,
                         in_chans=v.in_chans, vision_width=v.dim, vision_layers=v.depth, vision_heads=v.n_heads,
                         vision_mlp=v.mlp, vision_norm_eps=v.norm_eps, vision_pre_norm=v.pre_norm,
                         vision_patch_bias=v.patch_bias, vocab_size=g.vocab_size, block_size=g.block_size,
@@ -155,3 +182,5 @@ register_preset("vlm-test", _BASE.replace(img_size=16, patch_size=8, vision_widt
                                           block_size=32, n_layer=2, n_head=2, n_embd=32))
 # the CPU default: 56x56 grayscale canvases (65 image tokens) into a small char-level GPT
 register_preset("vlm-mini", _BASE)
+# the same tower and GPT, the tower on each 28-pixel cell of the canvas, one (class) token per cell
+register_preset("vlm-tiles", _BASE.replace(tiles=2, tile_tokens="cls"))

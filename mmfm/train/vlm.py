@@ -52,6 +52,18 @@ class QACollate:
         return {"images": torch.stack([ex.image for ex in examples]), "ids": ids, "targets": targets, "mask": mask}
 
 
+def cell_classification_set(src, size: int) -> torch.utils.data.TensorDataset:
+    """The source images of one VQA split as a classification set for pre-training the image tower: (images
+    (N, 1, size, size) float in [-1, 1], the ViT's space for uint8 pixels; labels (N,) in 0..19, digits then
+    animals). Resized when the tower's tile is not 28 pixels."""
+    from .classify import to_model_space
+
+    images = to_model_space(src.images)  # (N, 1, 28, 28)
+    if images.shape[-1] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return torch.utils.data.TensorDataset(images, torch.from_numpy(src.labels).long())
+
+
 def blank_like(images: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(images)
 
