@@ -8,9 +8,10 @@
 
 Data: 2x2 canvases of real MNIST-5k digits and animal silhouettes with generated questions (mmfm/data/vqa.py),
 split by source image. First (tower_steps > 0) trains the image tower as a 20-class classifier of the TRAIN
-split's source images only (or starts it from a saved ViT folder, tower=PATH), then trains the VLM and, with blind=true (default), the same model on a blank image (the
-question-only control), for --max-steps each. Writes <out>/model, <out>/metrics.json (vqa_accuracy on the
-held-out canvases, vqa_accuracy_blind, vqa_accuracy/<type>, train_s), loss.png and answers.png.
+split's source images only, saved as <out>/tower/model (or starts it from a saved ViT folder, tower=PATH); then
+trains the VLM and, with blind=true (default), the same model on a blank image (the question-only control), for
+--max-steps each. Writes <out>/model, <out>/metrics.json (vqa_accuracy on the held-out canvases,
+vqa_accuracy_blind, vqa_accuracy/<type>, train_s: the tower's and the VLM's training), loss.png and answers.png.
 
 task=caption: the CLIP shards' captioned digits and animals (data/clip, built if missing; CLIP's split by image),
 the caption after the prompt "caption:" (loss on the caption only), greedy captions with the KV cache on
@@ -61,6 +62,7 @@ class VLMTrain:
     tower_steps: int = opt(400, lo=0)  # > 0: first train the tower on the train split's source images (classes)
     tower_batch: int = opt(128, lo=1)
     freeze_tower: bool = False  # keep the (pre-trained) tower fixed while the VLM trains
+    tokenizer: str = opt("char", choices=("char", "bpe"))  # bpe: trained on the training questions and answers
     eval_split: str = opt("test", choices=("val", "test"))  # val: for choosing settings; the headline is test
 
 
@@ -107,6 +109,8 @@ def pretrain_tower(args, model, sets, train: VLMTrain) -> dict:
     val = cell_classification_set(sets["val"].src, size)
     acc = (predict(clf, val.tensors[0]).argmax(-1) == val.tensors[1]).float().mean().item()
     model.visual.load_state_dict({k: v for k, v in clf.state_dict().items() if not k.startswith("head.")})
+    if trainer.is_global_zero:
+        clf.save_pretrained(Path(targs.out) / "model")  # reusable: tower=<out>/tower/model
     log.info("tower: %d steps in %.0f s, val-source accuracy %.3f", trainer.global_step, tower_s, acc)
     return {"tower/val_accuracy": round(acc, 4), "tower_s": round(tower_s, 1), "tower_steps": trainer.global_step}
 
@@ -158,17 +162,24 @@ def caption_main(args, routed: dict, train: VLMTrain, timer: Timer) -> dict:
     return finish(args, model, metrics, timer)
 
 
+def qa_texts(dataset, n: int = 6000) -> list[str]:
+    """Question + answer, and the answer alone (it is encoded after the prompt), of the first n examples."""
+    examples = [dataset[j] for j in range(min(n, len(dataset)))]
+    return [ex.question + " " + ex.answer for ex in examples] + [ex.answer for ex in examples]
+
+
 def build_vqa_model(args, routed, data_cfg, tok):
     torch.manual_seed(args.seed)
-    model = mmfm.build_model(args.preset, **{"img_size": data_cfg.size, **routed["model"], "vocab_size": tok.vocab_size})
+    model = mmfm.build_model(args.preset, **{"img_size": data_cfg.size, **routed["model"],
+                                             "vocab_size": tok.vocab_size})
     model.tokenizer = tok
     return model
 
 
 def vqa_main(args, routed: dict, train: VLMTrain, data_cfg: VQAConfig, timer: Timer) -> dict:
     """The VQA task: the tower (pre-trained, loaded or fresh), the VLM, then the blind control; metrics."""
-    tok = vqa_tokenizer()
     sets = vqa_sets(data_cfg, seed=args.seed)
+    tok = vqa_tokenizer(train.tokenizer, qa_texts(sets["train"]))
     model = build_vqa_model(args, routed, data_cfg, tok)
     log.info("%s (%s fusion, %d image tokens): %d params; %d train / %d test questions", args.preset,
              model.config.fusion, model.config.image_tokens, model.num_params(), len(sets["train"]), len(sets["test"]))
@@ -192,6 +203,8 @@ def vqa_main(args, routed: dict, train: VLMTrain, data_cfg: VQAConfig, timer: Ti
                     "eval_split": train.eval_split, **tower})
     if train.blind:
         control = build_vqa_model(args, routed, data_cfg, tok)
+        if train.freeze_tower:  # the same model: its (blank-fed) tower is fixed too
+            control.visual.requires_grad_(False)
         blind_s, blind_trainer = train_one(args, control, tok, sets, train, blind=True)
         control.to(blind_trainer.strategy.root_device)
         blind, _ = evaluate_vqa(control, tok, sets[train.eval_split], blind=True)
@@ -212,8 +225,8 @@ def main(argv=None):
         torch.set_num_threads(train.threads)
     timer = Timer()
     if train.task == "caption":
-        extra = sorted(set(routed["data"]) | ({"tower", "tower_steps", "tower_batch", "freeze_tower", "eval_split"}
-                                              & set(routed["train"])))
+        vqa_only = {"tower", "tower_steps", "tower_batch", "freeze_tower", "eval_split", "tokenizer"}
+        extra = sorted(set(routed["data"]) | (vqa_only & set(routed["train"])))
         if extra:
             raise ConfigError(f"task=caption reads the CLIP shards with a tower trained with it; {extra} apply to "
                               "the VQA task only")

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import mmfm
@@ -40,6 +41,19 @@ def test_collate_trains_on_the_answer_only():
     assert tok.decode(batch["targets"][0, prompt - 1:prompt + 2].tolist()) == "yes"
     assert batch["targets"][0, prompt + 2] == tok.eos_id
     assert batch["mask"][1].sum() == len(tok.encode("is there a cow? no"))  # the shorter row is padded
+
+
+def test_bpe_tokenizer_makes_each_word_about_one_token():
+    texts = ["is there a cat? yes", "how many digits are there? two", "where is the cat? top-left", "yes", "two"]
+    tok = vqa_tokenizer("bpe", texts * 3)
+    ids = tok.encode("is there a cat? ")
+    assert len(ids) == 6 and tok.decode(ids) == "is there a cat? "  # is, there, a, cat, ?, space
+    assert len(tok.encode("yes")) == 1 and tok.decode(tok.encode("top-left")) == "top-left"
+    assert tok.decode(tok.encode("is there a zebu?")) == "is there a zebu?"  # unseen words still encode
+    with pytest.raises(ValueError, match="training questions"):
+        vqa_tokenizer("bpe")
+    with pytest.raises(ValueError, match="'char' or 'bpe'"):
+        vqa_tokenizer("word", texts)
 
 
 def test_greedy_answers_match_the_step_by_step_argmax():

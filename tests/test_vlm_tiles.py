@@ -81,7 +81,7 @@ def test_tower_pretraining_sees_only_train_sources(tmp_path, monkeypatch):
     out = tmp_path / "vlm"
     recipe.main(["--out", str(out), "--max-steps", "2", "--preset", "vlm-test", "img_size=56", "patch_size=7",
                  "tiles=2", "tile_tokens=cls", "tower_steps=3", "tower_batch=8", "block_size=96", "n_train=20",
-                 "n_val=4", "n_test=12", "batch_size=4", "blind=false"])
+                 "n_val=4", "n_test=12", "batch_size=4", "blind=false", "tokenizer=bpe"])
     from mmfm.data.vqa import VQAConfig, vqa_sets
     sets = vqa_sets(VQAConfig(n_train=20, n_val=4, n_test=12))
     train_ids, held_out = set(sets["train"].src.ids), set(sets["val"].src.ids) | set(sets["test"].src.ids)
@@ -89,7 +89,8 @@ def test_tower_pretraining_sees_only_train_sources(tmp_path, monkeypatch):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["tower_steps"] == 3 and 0.0 <= saved["tower/val_accuracy"] <= 1.0
     assert saved["train_s"] >= saved["tower_s"] > 0
-    assert (out / "tower" / "loss.png").is_file()
+    assert (out / "tower" / "loss.png").is_file() and (out / "tower" / "model" / "config.json").is_file()
+    assert mmfm.build_model(str(out / "model")).tokenizer.kind == "bpe"  # the trained BPE is saved with the VLM
 
 
 def test_pretrained_tower_lands_in_the_vlm_and_a_wrong_tower_is_refused(tmp_path, monkeypatch):

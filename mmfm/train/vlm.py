@@ -21,9 +21,19 @@ from .strategies import ShardedTask
 IGNORE = -100
 
 
-def vqa_tokenizer() -> CharTokenizer:
-    """Characters of every question and answer: lowercase letters, digits, space, '?', '-'."""
-    return CharTokenizer(string.ascii_lowercase + string.digits + " ?-")
+def vqa_tokenizer(kind: str = "char", texts=None, vocab_size: int = 512):
+    """kind="char": characters of every question and answer (lowercase letters, digits, space, '?', '-').
+    kind="bpe": a byte-level BPE trained on `texts` (the training split's questions and answers), so that each
+    word of this closed vocabulary becomes about one token; unseen words still encode, byte by byte."""
+    if kind == "char":
+        return CharTokenizer(string.ascii_lowercase + string.digits + " ?-")
+    if kind != "bpe":
+        raise ValueError(f"tokenizer={kind!r}: choose 'char' or 'bpe'")
+    if not texts:
+        raise ValueError("tokenizer='bpe' is trained on the training questions and answers: pass them as texts")
+    from ..tokenizers import ByteBPETokenizer
+
+    return ByteBPETokenizer.train(texts, vocab_size=vocab_size, min_frequency=1)
 
 
 class QACollate:
