@@ -107,7 +107,10 @@ class Generator(Model):
 
 class Discriminator(nn.Module):
     """Spectral-norm CNN (3x3, 4x4 stride 2, 3x3, 4x4 stride 2, 3x3; LeakyReLU 0.1, SNGAN's standard CNN) ->
-    spatial sum h (B, 4w) -> logit = linear(h) + <embed(y), h> (the projection discriminator)."""
+    spatial mean h (B, 4w) -> logit = linear(h) + <embed(y), h> (the projection discriminator). The mean, not
+    the sum of SNGAN's ResNet head: summed over 7 x 7 positions, the logits had 49x the gain for the same
+    spectral norms, D pushed every sample past the hinge margin within 9 steps (loss exactly 0, no gradient)
+    and froze there while G collapsed (docs/generative.md, "Measured in round five")."""
 
     def __init__(self, config: GANConfig):
         super().__init__()
@@ -121,7 +124,7 @@ class Discriminator(nn.Module):
         self.embed = spectral_norm(nn.Embedding(config.num_classes, 4 * w))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.net(x).sum(dim=(2, 3))  # (B, 4w, H/4, W/4) -> (B, 4w)
+        h = self.net(x).mean(dim=(2, 3))  # (B, 4w, H/4, W/4) -> (B, 4w): the mean (see above)
         return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)  # (B,)
 
 
