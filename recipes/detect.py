@@ -6,13 +6,19 @@ a timm ResNet-18 (+ FPN), side by side.
     python recipes/detect.py --preset runs/vit_detect/model    # a saved mmfm ViT (in_chans 1) as the ViT backbone
 
 Canvases (mmfm.detect.canvas): 96x96, 1-4 objects of 20-40 px from MNIST-5k and the animal silhouettes (20 classes),
-split by SOURCE image: no test digit or animal is in any training canvas. Each backbone trains --max-steps steps
-(the default equals 7.5 minutes at the solo 2-core CPU speed, so both fit in 15 minutes; docs/vision_tasks.md).
+split by SOURCE image: no test digit or animal is in any training canvas. Per backbone, two stages:
+1. pretraining (pretrain_steps=300, 0 skips it): mmfm's ClassifyTask on 32-px crops of single TRAIN-split source
+   images (mmfm.detect.SourceCrops; pretrain_batch, pretrain_lr, pretrain_side), on a copy of the detector's backbone
+   (the ViT + a linear head, or mmfm's TimmNet for timm:NAME); its weights are then copied into the detector's
+   backbone (init_from_classifier) and its accuracy on VAL-split crops is reported (pretrain_val_acc/<name>);
+2. detection: --max-steps steps of FCOS (batch_size, lr, weight_decay, warmup_steps; augment=true adds random
+   shift/zoom, off by default since every training canvas is a fresh draw).
+The no-argument run took 16.2 minutes for both backbones on the 2-core CPU (docs/vision_tasks.md).
 `--preset` (default vit-mini with 8-px patches at the canvas size) and model overrides (dim=, depth=, n_heads=,
 patch_size=) shape the ViT. Writes <out>/metrics.json (`test/map_50`, `test/map` of the first backbone, and
-`test/<name>/map_50` ... for each, <name> = vit, resnet18, ...; the same for val), <out>/detections_<name>.png (test canvases with true
-and predicted boxes), and per backbone <out>/<name>/ (detector.json + model.safetensors: load_detector, loss.png,
-logs/, checkpoints/).
+`test/<name>/map_50` ... for each, <name> = vit, resnet18, ...; the same for val; pretrain_s/, pretrain_val_acc/,
+train_s/ per backbone), <out>/detections_<name>.png (test canvases with true and predicted boxes), and per backbone
+<out>/<name>/ (detector.json + model.safetensors: load_detector, loss.png, logs/, checkpoints/, pretrain/).
 """
 from __future__ import annotations
 
@@ -27,8 +33,11 @@ from torch.utils.data import DataLoader
 from mmfm.adapt.head import source_config
 from mmfm.config import ConfigError, opt
 from mmfm.data.stepstream import resumable_loader
-from mmfm.detect import (CLASS_NAMES, CanvasConfig, DetectorConfig, DetectTask, build_detector, canvas_sets, collate,
-                         mean_ap, plot_detections, predict, save_detector)
+from mmfm.detect import (CLASS_NAMES, CanvasConfig, DetectorConfig, DetectTask, SourceCrops, build_detector,
+                         canvas_sets, collate, init_from_classifier, mean_ap, plot_detections, predict, save_detector,
+                         source_classifier, split_sources)
+from mmfm.train.classify import ClassifyTask
+from mmfm.train.classify import predict as classify
 from mmfm.models.vit import ViT
 from mmfm.registry import build_model
 from mmfm.train import LossHistory, Timer, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
@@ -36,7 +45,8 @@ from mmfm.train.recipe import checkpoint_to_resume, write_metrics
 
 log = logging.getLogger("detect")
 DEFAULT_PRESET = "vit-mini"
-DEFAULT_STEPS = 375  # per backbone: 375 x (1.10 + 1.28) s/step locked = 14.9 min (docs/vision_tasks.md)
+DEFAULT_STEPS = 300  # detection steps per backbone (docs/vision_tasks.md sizes both stages to 15 minutes)
+DEFAULT_PRETRAIN = 300  # classification steps (batch 128) per backbone on the train-split sources before detection
 FIXED = ("img_size", "in_chans", "num_classes")  # set by the canvases, not by overrides
 
 
@@ -47,7 +57,12 @@ class DetectTrain:
     lr: float = opt(1e-3, gt=0.0)
     weight_decay: float = opt(0.05, lo=0.0)
     warmup_steps: int = opt(50, lo=0)
-    augment: bool = True  # random shift/zoom of training canvases with their boxes (mmfm.detect.augmentation)
+    augment: bool = False  # random shift/zoom of training canvases with their boxes (mmfm.detect.augmentation);
+    # off by default: every training canvas is a fresh draw (n_train > steps x batch), so it only costs time
+    pretrain_steps: int = opt(DEFAULT_PRETRAIN, lo=0)  # classification steps on TRAIN-split source crops first; 0: none
+    pretrain_batch: int = opt(128, lo=1)
+    pretrain_lr: float = opt(2e-3, gt=0.0)
+    pretrain_side: int = opt(32, lo=16)  # crop side; the object side is drawn in [min_scale, min(max_scale, side)]
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     progress: bool = True
 
@@ -73,9 +88,28 @@ def make_vit(preset: str, canvas: CanvasConfig, overrides: dict) -> ViT:
     return vit
 
 
-def train_one(args, train: DetectTrain, cfg: DetectorConfig, vit, sets, name: str):
+def pretrain(args, train: DetectTrain, canvas: CanvasConfig, cfg: DetectorConfig, model, sources, name: str) -> dict:
+    """Classify crops of the TRAIN-split sources for pretrain_steps steps (mmfm's ClassifyTask) on a copy of the
+    detector's backbone, then copy its weights into the detector. Returns its accuracy on val-split crops."""
+    side = train.pretrain_side
+    vit = copy.deepcopy(model.backbone.vit) if cfg.backbone == "vit" else None
+    clf = source_classifier(cfg.backbone, cfg.num_classes, vit=vit, side=side)
+    scales = (canvas.min_scale, min(canvas.max_scale, side))
+    crops = SourceCrops(sources["train"], train.pretrain_steps * train.pretrain_batch, side, scales, args.seed)
+    run = copy.copy(args)
+    run.out, run.max_steps = str(Path(args.out) / name / "pretrain"), train.pretrain_steps
+    task = ClassifyTask(clf, train.pretrain_lr, train.weight_decay, min(train.warmup_steps, run.max_steps // 5),
+                        run.max_steps)
+    trainer = make_trainer(run, enable_progress_bar=train.progress, limit_val_batches=0)
+    resume = checkpoint_to_resume(str(Path(args.resume) / name / "pretrain")) if args.resume else None
+    trainer.fit(task, resumable_loader(crops, train.pretrain_batch, args.seed), ckpt_path=resume)
+    init_from_classifier(model, clf.cpu())
+    x, y = SourceCrops(sources["val"], 1000, side, scales, args.seed).tensors()
+    return {f"pretrain_val_acc/{name}": round((classify(clf, x).argmax(-1) == y).float().mean().item(), 4)}
+
+
+def train_one(args, train: DetectTrain, cfg: DetectorConfig, model, sets, name: str):
     """Fit one detector for --max-steps steps; returns it (on the CPU)."""
-    model = build_detector(cfg, vit if cfg.backbone == "vit" else None)
     run = copy.copy(args)
     run.out = str(Path(args.out) / name)
     loader = resumable_loader(sets["train"], train.batch_size, args.seed, drop_last=False, collate_fn=collate)
@@ -116,7 +150,8 @@ def main(argv=None):
         torch.set_num_threads(train.threads)
     torch.manual_seed(args.seed)
     timer = Timer()
-    sets = canvas_sets(canvas, args.seed, augment=train.augment)
+    sources = split_sources(canvas, args.seed)
+    sets = canvas_sets(canvas, args.seed, augment=train.augment, sources=sources)
     metrics = {"canvas": asdict(canvas), "max_steps": args.max_steps, "backbones": names}
     out = Path(args.out)
     for i, name in enumerate(names):
@@ -125,10 +160,14 @@ def main(argv=None):
         vit = make_vit(args.preset, canvas, routed["model"]) if name == "vit" else None
         short = name.split(":")[-1]  # vit, resnet18: the folder, picture and metric-key name
         started = timer.elapsed
-        model, steps = train_one(args, train, cfg, vit, sets, short)
+        model = build_detector(cfg, vit)
+        pre = pretrain(args, train, canvas, cfg, model, sources, short) if train.pretrain_steps else {}
+        pre_s = round(timer.elapsed - started, 1)
+        model, steps = train_one(args, train, cfg, model, sets, short)
         save_detector(model, cfg, out / short)
-        m = evaluate(model, sets, short, out)
-        m.update({f"train_s/{short}": round(timer.elapsed - started, 1), f"steps/{short}": steps})
+        m = {**pre, **evaluate(model, sets, short, out)}
+        m.update({f"train_s/{short}": round(timer.elapsed - started, 1), f"pretrain_s/{short}": pre_s,
+                  f"steps/{short}": steps, f"pretrain_steps/{short}": train.pretrain_steps})
         if i == 0:
             m.update({f"{s}/{k}": m[f"{s}/{short}/{k}"] for s in ("val", "test") for k in ("map", "map_50")})
         metrics.update(m)

@@ -128,7 +128,7 @@ def test_recipe_end_to_end_tiny(tmp_path):
     out = tmp_path / "run"
     m = recipe.main(["--out", str(out), "--max-steps", "2", "backbones=vit", "n_val=2", "n_test=4", "batch_size=2",
                      "dim=32", "depth=1", "n_heads=2", "channels=32", "head_convs=1", "size=64", "max_scale=28",
-                     "progress=false"])
+                     "pretrain_steps=0", "progress=false"])
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["test/map_50"] == m["test/vit/map_50"] and 0 <= saved["test/map"] <= 1
     assert (out / "detections_vit.png").stat().st_size > 0 and (out / "vit" / "model.safetensors").is_file()
