@@ -3,7 +3,7 @@ stage (mmfm's ClassifyTask, its one optimizer builder) on crops of single train-
 canvases' object scales, then the classifier's weights copied into the detector's backbone.
 
     crops = SourceCrops(split_sources(cfg)["train"], n=..., side=32, scales=(20, 32))   # train sources only
-    clf = source_classifier("vit", vit=vit) | source_classifier("timm:resnet18")
+    clf = source_classifier("vit", 20, vit=vit) | source_classifier("timm:resnet18", 20)
     ... fit ClassifyTask(clf) on crops ...
     init_from_classifier(detector, clf)     # the ViT / timm body of detector.backbone gets clf's weights
 
