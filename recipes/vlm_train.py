@@ -231,8 +231,8 @@ def main(argv=None):
         vqa_only = {"tower", "tower_steps", "tower_batch", "freeze_tower", "eval_split", "tokenizer"}
         extra = sorted(set(routed["data"]) | (vqa_only & set(routed["train"])))
         if extra:
-            raise ConfigError(f"task=caption reads the CLIP shards with a tower trained with it; {extra} apply to "
-                              "the VQA task only")
+            raise ConfigError(f"task=caption reads the CLIP shards; {extra} are VQA data settings or flags of the "
+                              "VQA task only")
         return caption_main(args, routed, train, timer)
     extra = sorted({"clip", "n_caption_test", "caption_data"} & set(routed["train"]))
     if extra:
