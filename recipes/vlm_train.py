@@ -109,7 +109,7 @@ def pretrain_tower(args, model, sets, train: VLMTrain) -> dict:
     tower_s = timer.elapsed
     val = cell_classification_set(sets["val"].src, size)
     acc = (predict(clf, val.tensors[0]).argmax(-1) == val.tensors[1]).float().mean().item()
-    model.visual.load_state_dict({k: v for k, v in clf.state_dict().items() if not k.startswith("head.")})
+    model.load_tower(clf)
     if trainer.is_global_zero:
         clf.save_pretrained(Path(targs.out) / "model")  # reusable: tower=<out>/tower/model
     log.info("tower: %d steps in %.0f s, val-source accuracy %.3f", trainer.global_step, tower_s, acc)
@@ -121,7 +121,7 @@ def load_tower(model, path: str) -> dict:
     vit = mmfm.build_model(path)
     if vit.config.replace(num_classes=0) != model.config.vision():
         raise ConfigError(f"tower={path}: its ViT config does not fit the VLM's tower {model.config.vision()}")
-    model.visual.load_state_dict({k: v for k, v in vit.state_dict().items() if not k.startswith("head.")})
+    model.load_tower(vit)
     return {"tower": path}
 
 

@@ -162,14 +162,17 @@ class VLM(Model):
                         n_layer=g.n_layer, n_head=g.n_head, n_embd=g.n_embd, pos=g.pos, norm=g.norm, mlp=g.mlp,
                         bias=g.bias, tie_weights=g.tie_weights, dropout=g.dropout)
         model = cls(cfg)
-        tower = {k: t for k, t in vision.state_dict().items() if not k.startswith("head.")}
-        model.visual.load_state_dict(tower, strict=True)
+        model.load_tower(vision)
         missing, unexpected = model.lm.load_state_dict(lm.state_dict(), strict=False)
         if unexpected or any(".cross." not in k and ".norm_x." not in k for k in missing):
             raise ValueError(f"the GPT's weights do not fit the VLM's language model (missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]})")
         model.tokenizer = lm.tokenizer
         return model
+
+    def load_tower(self, vit: ViT) -> None:
+        """Copies a trained ViT's weights, its classification head dropped, into the image tower (shapes must fit)."""
+        self.visual.load_state_dict({k: t for k, t in vit.state_dict().items() if not k.startswith("head.")})
 
     def example_inputs(self, batch_size: int = 2) -> dict:
         c = self.config
