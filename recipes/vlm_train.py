@@ -1,8 +1,8 @@
 """Visual question answering with a vision-language model (an mmfm ViT + projector + GPT) on real pixels.
 
-    python recipes/vlm_train.py                              # vlm-tiles, prefix fusion, runs/vlm
+    python recipes/vlm_train.py                              # vlm-tiles-cross (cross fusion), runs/vlm
     python recipes/vlm_train.py --preset vlm-mini tower_steps=0   # the whole canvas into one tower, from scratch
-    python recipes/vlm_train.py fusion=cross --out runs/vlm_cross
+    python recipes/vlm_train.py fusion=prefix --out runs/vlm_prefix   # LLaVA-style prefix fusion
     python recipes/vlm_train.py --max-steps 50 n_train=500 n_test=100 blind=false     # a smoke run
     python recipes/vlm_train.py task=caption clip=runs/clip/model --out runs/vlm_caption   # captioning
 
@@ -42,7 +42,7 @@ from mmfm.train.captioning import caption_grid, evaluate_captions, load_clip
 from mmfm.train.vlm import QACollate, VLMTask, answer_grid, cell_classification_set, evaluate_vqa, vqa_tokenizer
 
 log = logging.getLogger("vlm_train")
-DEFAULT_PRESETS = {"vqa": "vlm-tiles", "caption": "vlm-mini"}  # --preset overrides either
+DEFAULT_PRESETS = {"vqa": "vlm-tiles-cross", "caption": "vlm-mini"}  # --preset overrides either
 DEFAULT_STEPS = {"vqa": 2000, "caption": 1500}  # VQA: with the tower's 1,000 steps, about 15 minutes on 2 cores
 
 

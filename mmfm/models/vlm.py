@@ -187,3 +187,4 @@ register_preset("vlm-test", _BASE.replace(img_size=16, patch_size=8, vision_widt
 register_preset("vlm-mini", _BASE)
 # the same tower and GPT, the tower on each 28-pixel cell of the canvas, one (class) token per cell
 register_preset("vlm-tiles", _BASE.replace(tiles=2, tile_tokens="cls"))
+register_preset("vlm-tiles-cross", _BASE.replace(tiles=2, tile_tokens="cls", fusion="cross"))  # the VQA default
