@@ -6,6 +6,7 @@
     python recipes/clip_pretrain.py --data 'shards/train-{000000..000099}.tar' --test-data 'shards/test-*.tar'
     python recipes/clip_pretrain.py --devices 2 --strategy ddp --max-steps 200 batch_size=128
     python recipes/clip_pretrain.py loss=siglip --out runs/siglip   # SigLIP's sigmoid loss (logit bias -10, scale 10)
+    python recipes/clip_pretrain.py loss=coca --out runs/coca       # CoCa: + a caption decoder (decoder_layers=text_layers)
 
 Writes <out>/metrics.json, <out>/model/ (config, weights, tokenizer), <out>/loss.png and <out>/clip_summary.png.
 """
@@ -108,6 +109,8 @@ def main(argv=None) -> dict:
     train = ClipTrain(**routed["train"])
     if train.loss == "siglip" and not (Path(args.preset) / "config.json").is_file():  # the paper's initial values
         routed["model"] = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0, **routed["model"]}
+    if train.loss == "coca" and not (Path(args.preset) / "config.json").is_file():  # open_clip's CoCa: as deep as
+        routed["model"] = {"decoder_layers": routed["model"].get("text_layers", base.text_layers), **routed["model"]}
     data_timer = Timer()
     train_data, test_data, split = resolve_data(args)
     model = build_clip(args.preset, routed["model"], train_data)
@@ -118,7 +121,8 @@ def main(argv=None) -> dict:
                           train.batch_size, train.num_workers, shuffle=train.shuffle,
                           random_caption=train.random_caption, seed=args.seed, world=args.devices * args.num_nodes)
     task = ClipTask(model, train, args.max_steps)
-    history = LossHistory(args.out, prefixes=("train/loss",), title=f"{args.preset} contrastive loss")
+    history = LossHistory(args.out, prefixes=("train/loss", "train/contrastive_loss", "train/caption_loss"),
+                          title=f"{args.preset} {train.loss} loss")
     trainer = make_trainer(args, callbacks=[history], limit_val_batches=0, num_sanity_val_steps=0,
                            use_distributed_sampler=False)  # the stream splits shards; a PairSet's sampler, ranks
     fit_timer = Timer()
@@ -131,12 +135,16 @@ def main(argv=None) -> dict:
     model.to(trainer.strategy.root_device)  # Lightning moved it back to the CPU: evaluate where it trained
     metrics = evaluate_clip(model, test_data, None if args.no_probe else train_data)
     samples = task.samples_seen * trainer.world_size
-    metrics.update({"train/loss": history.history["train/loss"][-1][1] if history.history.get("train/loss") else None,
+    last = trainer.callback_metrics  # the last step's losses: train/loss (+ CoCa's contrastive and caption parts)
+    metrics.update({k: float(last[k]) for k in ("train/contrastive_loss", "train/caption_loss") if k in last})
+    metrics.update({"train/loss": float(last["train/loss"]) if "train/loss" in last else None,
                     "steps": trainer.global_step, "samples_seen": samples, "samples_per_s": round(samples / fit_s, 1),
                     "fit_s": round(fit_s, 1), "data_s": round(data_s, 1), "eval_s": round(eval_timer.elapsed, 1),
                     "skipped_samples": sum(task.skipped.values()), "params": model.num_params(),
                     **{k if k == "format" else f"split/{k}": v for k, v in split.items()}})  # as the other recipes
     _summary_png(model, test_data, history.history, Path(args.out) / "clip_summary.png")
+    if model.decoder is not None:
+        _log_captions(model, test_data)
     return finish(args, model, metrics, timer)
 
 
@@ -144,6 +152,16 @@ def _ckpt(args):
     from mmfm.train.recipe import checkpoint_to_resume
 
     return checkpoint_to_resume(args.resume)
+
+
+def _log_captions(model, test_data, n: int = 8):
+    """The CoCa decoder's greedy captions of n test images spread over the split, next to their real captions."""
+    test = load_split(model, test_data)
+    idx = torch.linspace(0, len(test["images"]) - 1, n).long().unique()
+    ids = model.caption(test["images"][idx].to(model.logit_scale.device)).tolist()
+    eot = model.config.eot_id
+    for row, real in zip(ids, [test["captions"][i] for i in idx.tolist()]):
+        log.info("caption: %r (real: %r)", model.tokenizer.decode(row[:row.index(eot)] if eot in row else row), real)
 
 
 def _summary_png(model, test_data, history, path):

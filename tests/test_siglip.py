@@ -50,15 +50,21 @@ def _shards(tmp_path):
     return str(tmp_path / "shards" / "train-*.tar")
 
 
-def test_recipe_trains_with_siglip_and_saves_the_bias(tmp_path):
+def run_tiny_recipe(tmp_path, loss: str) -> Path:
+    """recipes/clip_pretrain.py with `loss` for 3 steps of clip-test on tiny shards -> its --out folder."""
     spec = importlib.util.spec_from_file_location("clip_pretrain", RECIPE)
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
     out = tmp_path / "run"
     recipe.main(["--data", _shards(tmp_path), "--out", str(out), "--preset", "clip-test", "--max-steps", "3",
-                 "--no-probe", "loss=siglip", "batch_size=8", "num_workers=0", "warmup=1", "img_size=28",
+                 "--no-probe", f"loss={loss}", "batch_size=8", "num_workers=0", "warmup=1", "img_size=28",
                  "patch_size=7", "in_chans=1", "image_mean=(0.5,)", "image_std=(0.5,)", "context_length=32",
                  "train_minutes=0"])
+    return out
+
+
+def test_recipe_trains_with_siglip_and_saves_the_bias(tmp_path):
+    out = run_tiny_recipe(tmp_path, "siglip")
     model = mmfm.build_model(str(out / "model"))
     assert model.config.init_logit_bias == -10.0 and model.config.init_logit_scale == pytest.approx(math.log(10))
     assert float(model.logit_bias) != -10.0  # it learned (its gradient reached it)

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from open_clip.loss import ClipLoss as _OpenClipLoss
+from open_clip.loss import CoCaLoss as _OpenCoCaLoss
 from open_clip.loss import SigLipLoss as _OpenSigLipLoss
 
 
@@ -55,6 +56,26 @@ class SigLipLoss(nn.Module):
         if key not in self._impl:
             self._impl[key] = _OpenSigLipLoss(cache_labels=True, rank=key[0], world_size=key[1])
         return self._impl[key](image_features, text_features, logit_scale, logit_bias)
+
+
+class CocaLoss(nn.Module):
+    """CoCa's loss (Yu et al. 2022): open_clip's CoCaLoss behind mmfm's name, the CLIP loss (as ClipLoss: local
+    rows against gathered columns) plus next-token cross-entropy of the caption decoder, padding ignored.
+
+    forward(image_features (B, E), text_features (B, E), logits (B, T, V), labels (B, T), logit_scale)
+    -> (clip_loss_weight * contrastive, caption_loss_weight * caption), two scalars; their sum is the loss."""
+
+    def __init__(self, caption_loss_weight: float = 2.0, clip_loss_weight: float = 1.0, pad_id: int = 0):
+        super().__init__()
+        self.weights, self.pad_id = (caption_loss_weight, clip_loss_weight), pad_id
+        self._impl: dict[tuple[int, int], _OpenCoCaLoss] = {}
+
+    def forward(self, image_features, text_features, logits, labels, logit_scale):
+        key = world()
+        if key not in self._impl:
+            self._impl[key] = _OpenCoCaLoss(*self.weights, pad_id=self.pad_id, local_loss=True, gather_with_grad=True,
+                                            cache_labels=True, rank=key[0], world_size=key[1])
+        return self._impl[key](image_features, text_features, logits, labels, logit_scale)
 
 
 def contrastive_accuracy(image_features, text_features) -> torch.Tensor:

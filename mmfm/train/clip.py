@@ -8,7 +8,7 @@ import lightning as L
 import torch
 
 from ..config import opt
-from ..losses.contrastive import ClipLoss, SigLipLoss, contrastive_accuracy
+from ..losses.contrastive import ClipLoss, CocaLoss, SigLipLoss, contrastive_accuracy
 from .budget import BudgetClock
 from .optim import build_optimizer, build_scheduler
 from .strategies import ShardedTask
@@ -18,7 +18,10 @@ from .strategies import ShardedTask
 class ClipTrain:
     """Training settings of recipes/clip_pretrain.py (override any with key=value)."""
 
-    loss: str = opt("clip", choices=("clip", "siglip"))  # siglip: open_clip's SigLipLoss (the model needs a logit bias)
+    loss: str = opt("clip", choices=("clip", "siglip", "coca"))  # siglip: open_clip's SigLipLoss (the model needs a
+    # logit bias); coca: open_clip's CoCaLoss, contrastive + captioning (the model needs decoder_layers > 0)
+    coca_caption_weight: float = opt(2.0, lo=0.0)  # CoCa's caption-loss weight (open_clip's default)
+    coca_contrastive_weight: float = opt(1.0, lo=0.0)  # CoCa's contrastive-loss weight (open_clip's default)
     lr: float = opt(1e-3, gt=0.0)
     min_lr_ratio: float = opt(0.05, lo=0.0, hi=1.0)
     warmup: int = opt(100, lo=0)
@@ -49,14 +52,34 @@ def check_bad_fraction(bad: int, good: int, limit: float, min_seen: int = 100) -
                                 f"max_bad_fraction={limit}; check the shards (or raise the limit)")
 
 
+def build_loss(model, train: ClipTrain):
+    """The task's loss for train.loss, after checking that the model has what it needs (a clear error if not)."""
+    has_decoder = getattr(model, "decoder", None) is not None
+    if train.loss != "coca" and (train.coca_caption_weight, train.coca_contrastive_weight) != (2.0, 1.0):
+        raise ValueError(f"coca_caption_weight/coca_contrastive_weight apply to loss=coca only, not loss={train.loss}")
+    if train.loss != "coca" and has_decoder:
+        raise ValueError(f"this CLIP has a caption decoder (decoder_layers={model.config.decoder_layers}), which "
+                         f"loss={train.loss} would not train: use loss=coca, or build it with decoder_layers=0")
+    if train.loss == "siglip":
+        if getattr(model, "logit_bias", None) is None:
+            raise ValueError("loss=siglip needs a CLIP with a learnable logit bias: build it with init_logit_bias "
+                             "(the recipe sets -10, and init_logit_scale log 10, for a preset)")
+        return SigLipLoss()
+    if train.loss == "coca":
+        if not has_decoder:
+            raise ValueError("loss=coca needs a CLIP with a caption decoder: build it with decoder_layers > 0 (the "
+                             "recipe sets decoder_layers=text_layers for a preset)")
+        if getattr(model, "tokenizer", None) is None:
+            raise ValueError("loss=coca needs the model's tokenizer (model.tokenizer) for its padding id")
+        return CocaLoss(train.coca_caption_weight, train.coca_contrastive_weight, pad_id=model.tokenizer.pad_id)
+    return ClipLoss()
+
+
 class ClipTask(ShardedTask, L.LightningModule):
     def __init__(self, model, train: ClipTrain, max_steps: int):
         super().__init__()
         self.model, self.train_cfg, self.max_steps = model, train, max_steps
-        if train.loss == "siglip" and getattr(model, "logit_bias", None) is None:
-            raise ValueError("loss=siglip needs a CLIP with a learnable logit bias: build it with init_logit_bias "
-                             "(the recipe sets -10, and init_logit_scale log 10, for a preset)")
-        self.loss_fn = SigLipLoss() if train.loss == "siglip" else ClipLoss()
+        self.loss_fn = build_loss(model, train)
         self.samples_seen = 0
         self.skipped: dict[int, int] = {}  # DataLoader worker -> undecodable samples it skipped so far
         self.clock = BudgetClock(train.train_minutes * 60)
@@ -70,13 +93,22 @@ class ClipTask(ShardedTask, L.LightningModule):
         bad, good = (int(v) for v in self.trainer.strategy.reduce(counts, reduce_op="sum").tolist())
         check_bad_fraction(bad, good, self.train_cfg.max_bad_fraction)
 
-    def training_step(self, batch, batch_idx):
+    def _loss(self, batch):
+        """(loss, image_features, text_features, logit_scale) for this batch, with the loss's own parts logged."""
+        if self.train_cfg.loss == "coca":
+            image, text, scale, logits = self.model.forward_coca(batch["images"], batch["text"])
+            contrastive, caption = self.loss_fn(image, text, logits, batch["text"], scale)
+            self.log("train/contrastive_loss", contrastive.detach())
+            self.log("train/caption_loss", caption.detach(), prog_bar=True)
+            return contrastive + caption, image, text, scale
         image, text, scale = self.model(batch["images"], batch["text"])
         if self.train_cfg.loss == "siglip":
-            loss = self.loss_fn(image, text, scale, self.model.logit_bias)
             self.log("train/logit_bias", self.model.logit_bias.detach())
-        else:
-            loss = self.loss_fn(image, text, scale)
+            return self.loss_fn(image, text, scale, self.model.logit_bias), image, text, scale
+        return self.loss_fn(image, text, scale), image, text, scale
+
+    def training_step(self, batch, batch_idx):
+        loss, image, text, scale = self._loss(batch)
         self.samples_seen += batch["images"].shape[0]
         if "skipped" in batch:
             worker, count = batch["skipped"]
