@@ -56,3 +56,31 @@ def is_lora(model: nn.Module) -> bool:
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold the adapters into the base weights; returns the plain mmfm model (save_pretrained works)."""
     return model.merge_and_unload() if is_lora(model) else model
+
+
+def inject_lora(module: nn.Module, rank: int = 8, alpha: float = 16.0) -> nn.Module:
+    """LoRA adapters inside `module` in place (peft's inject_adapter_in_model), for a PART of a larger model, such as
+    a VLM's image tower: its Linears (`lora_targets`) get adapters, every base weight of `module` is frozen, and
+    the module keeps its class and place. `merge_lora_inplace` folds the adapters back."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if rank <= 0:
+        raise ValueError(f"LoRA rank must be > 0, got {rank}")
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=lora_targets(module))
+    inject_adapter_in_model(config, module)
+    for name, p in module.named_parameters():
+        p.requires_grad_("lora_" in name)
+    return module
+
+
+def merge_lora_inplace(module: nn.Module) -> nn.Module:
+    """Folds every injected LoRA layer of `module` into its base Linear and puts the plain Linear back, so the
+    module's state dict has its original keys again (save_pretrained and build_model(folder) work)."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, m in list(module.named_modules()):
+        if isinstance(m, LoraLayer):
+            m.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(module.get_submodule(parent) if parent else module, child, m.get_base_layer())
+    return module
