@@ -13,11 +13,14 @@ trains the VLM and, with blind=true (default), the same model on a blank image (
 --max-steps each. Writes <out>/model, <out>/metrics.json (vqa_accuracy on the held-out canvases,
 vqa_accuracy_blind, vqa_accuracy/<type>, train_s: the tower's and the VLM's training), loss.png and answers.png.
 
-task=caption: the CLIP shards' captioned digits and animals (data/clip, built if missing; CLIP's split by image),
-the caption after the prompt "caption:" (loss on the caption only), greedy captions with the KV cache on
+task=caption: the CLIP shards' captioned digits and animals (data/clip, built if missing; CLIP's split by image,
+n_caption_val training images held out as a val split), the caption after the prompt "caption:" (loss on the
+caption only). The tower stage is the same, on the classes (digits, animals) of the TRAINING images only;
+tokenizer, tower=, freeze_tower and eval_split work as for VQA. Greedy captions with the KV cache on
 n_caption_test held-out images: test/bleu4, test/rouge_l (torchmetrics), and with the CLIP folder `clip=`
-test/clip_score of the generated captions, test/clip_score_real of the real ones and their ratio; captions.png.
-blind=true also trains the caption model on blank images (test/*_blind).
+(`python recipes/clip_pretrain.py --out runs/clip` writes the default one) test/clip_score of the generated
+captions, test/clip_score_real of the real ones and their ratio; captions.png. blind=true also trains the caption
+model on blank images (test/*_blind).
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import torch
 
 import mmfm
 from mmfm.config import ConfigError, opt
-from mmfm.data.captions import caption_sets, caption_tokenizer
+from mmfm.data.captions import caption_sets, caption_tokenizer, class_sources
 from mmfm.data.stepstream import resumable_loader
 from mmfm.data.vqa import VQAConfig, vqa_sets
 from mmfm.registry import read_config
@@ -44,6 +47,7 @@ from mmfm.train.vlm import QACollate, VLMTask, answer_grid, cell_classification_
 log = logging.getLogger("vlm_train")
 DEFAULT_PRESETS = {"vqa": "vlm-tiles-cross", "caption": "vlm-mini"}  # --preset overrides either
 DEFAULT_STEPS = {"vqa": 2000, "caption": 1500}  # VQA: with the tower's 1,000 steps, about 15 minutes on 2 cores
+# caption: with the tower's 1,000 steps (frozen after), bpe tokens: about 11.5 minutes of training on 2 cores
 
 
 @dataclass
@@ -58,6 +62,7 @@ class VLMTrain:
     task: str = opt("vqa", choices=("vqa", "caption"))
     clip: str = "runs/clip/model"  # task=caption: the mmfm CLIP folder that scores captions
     n_caption_test: int = opt(500, lo=0)  # task=caption: held-out images captioned (0: all 2,943)
+    n_caption_val: int = opt(500, lo=0)  # task=caption: training images held out as the val split (eval_split=val)
     caption_data: str = "data/clip"  # task=caption: a folder of mmfm.data.imagetext shards (the default is built)
     tower: str = ""  # a saved mmfm ViT folder (class token, the tile's size) to start the image tower from
     tower_steps: int = opt(1000, lo=0)  # > 0: first train the tower on the train split's source images (classes)
@@ -85,18 +90,18 @@ def train_one(args, model, tok, sets, train: VLMTrain, blind: bool):
     return timer.elapsed, trainer
 
 
-def pretrain_tower(args, model, sets, train: VLMTrain) -> dict:
-    """Trains `model.visual` (+ a 20-class head, dropped after) to classify the cells' source images of the TRAIN
-    split, for tower_steps, and copies it into the VLM; -> {"tower/val_accuracy" (the val split's sources),
-    "tower_s"}. Resumed from <resume>/tower when that holds checkpoints."""
-    from mmfm.data.vqa import NAMES
+def pretrain_tower(args, model, train_src, val_src, n_classes: int, train: VLMTrain) -> dict:
+    """Trains `model.visual` (+ an n_classes head, dropped after) to classify the TRAIN split's source images
+    (mmfm.detect.canvas.Sources: VQA's cell sources, or the caption shards' distinct training images), for
+    tower_steps, and copies it into the VLM; -> {"tower/val_accuracy" (on val_src, when given), "tower_s"}.
+    Resumed from <resume>/tower when that holds checkpoints."""
     from mmfm.models.vit import ViT
     from mmfm.train.classify import ClassifyTask, predict
 
     size = model.config.vision().img_size
     torch.manual_seed(args.seed)
-    clf = ViT(model.config.vision().replace(num_classes=len(NAMES)))
-    loader = resumable_loader(cell_classification_set(sets["train"].src, size), train.tower_batch, args.seed)
+    clf = ViT(model.config.vision().replace(num_classes=n_classes))
+    loader = resumable_loader(cell_classification_set(train_src, size), train.tower_batch, args.seed)
     resume = Path(args.resume) / "tower" if args.resume else None
     targs = argparse.Namespace(**{**vars(args), "out": str(Path(args.out) / "tower"), "max_steps": train.tower_steps,
                                   "resume": str(resume) if resume and (resume / "checkpoints").is_dir() else None})
@@ -107,13 +112,31 @@ def pretrain_tower(args, model, sets, train: VLMTrain) -> dict:
     timer = Timer()
     trainer.fit(task, loader, ckpt_path=checkpoint_to_resume(targs.resume))
     tower_s = timer.elapsed
-    val = cell_classification_set(sets["val"].src, size)
-    acc = (predict(clf, val.tensors[0]).argmax(-1) == val.tensors[1]).float().mean().item()
+    out = {"tower_s": round(tower_s, 1), "tower_steps": trainer.global_step}
+    if val_src is not None:
+        val = cell_classification_set(val_src, size)
+        out["tower/val_accuracy"] = round((predict(clf, val.tensors[0]).argmax(-1) == val.tensors[1]).float().mean()
+                                          .item(), 4)
     model.load_tower(clf)
     if trainer.is_global_zero:
         clf.save_pretrained(Path(targs.out) / "model")  # reusable: tower=<out>/tower/model
-    log.info("tower: %d steps in %.0f s, val-source accuracy %.3f", trainer.global_step, tower_s, acc)
-    return {"tower/val_accuracy": round(acc, 4), "tower_s": round(tower_s, 1), "tower_steps": trainer.global_step}
+    log.info("tower: %d steps in %.0f s, val-source accuracy %s", trainer.global_step, tower_s,
+             out.get("tower/val_accuracy"))
+    return out
+
+
+def prepare_tower(args, model, train: VLMTrain, train_src, val_src, n_classes: int) -> dict:
+    """The tower stage of either task: tower= loads a saved ViT, else tower_steps > 0 pre-trains one (neither
+    when resuming the VLM: its checkpoint holds the tower); freeze_tower then fixes it. -> the tower's metrics."""
+    resumed = args.resume and (Path(args.resume) / "checkpoints").is_dir()
+    tower = {}
+    if train.tower and not resumed:
+        tower = load_tower(model, train.tower)
+    elif train.tower_steps and not resumed:
+        tower = pretrain_tower(args, model, train_src, val_src, n_classes, train)
+    if train.freeze_tower:
+        model.visual.requires_grad_(False)
+    return tower
 
 
 def load_tower(model, path: str) -> dict:
@@ -126,10 +149,14 @@ def load_tower(model, path: str) -> dict:
 
 
 def caption_main(args, routed: dict, train: VLMTrain, timer: Timer) -> dict:
-    """task=caption: train on the CLIP shards' captions, caption the held-out images, score the captions."""
+    """task=caption: the tower stage on the training images' classes, then the VLM on the CLIP shards' captions;
+    caption the held-out images (eval_split), score the captions."""
     clip = load_clip(train.clip)  # before training: a missing folder is refused at once
-    tok = caption_tokenizer()
-    sets = caption_sets(train.caption_data, n_test=train.n_caption_test, seed=args.seed)
+    from mmfm.data.caption_pairs import caption_pair_data, is_shard_data  # an open_clip CSV or image + .txt folder
+
+    sets = (caption_sets(train.caption_data, n_test=train.n_caption_test, seed=args.seed, n_val=train.n_caption_val)
+            if is_shard_data(train.caption_data) else caption_pair_data(train, args.preset, routed, args.seed))
+    tok = caption_tokenizer(train.tokenizer, sets["train"])
     size = sets["train"][0].image.shape[-1]
 
     def build():
@@ -139,28 +166,43 @@ def caption_main(args, routed: dict, train: VLMTrain, timer: Timer) -> dict:
         return model
 
     model = build()
-    log.info("%s (%s fusion, captions): %d params; %d train / %d test images", args.preset, model.config.fusion,
-             model.num_params(), len(sets["train"]), len(sets["test"]))
+    log.info("%s (%s fusion, captions): %d params; %d train / %d %s images", args.preset, model.config.fusion,
+             model.num_params(), len(sets["train"]), len(sets[train.eval_split]), train.eval_split)
+    tower = prepare_tower(args, model, train, *(caption_class_sources(sets, train.caption_data)
+                                                if train.tower_steps and not train.tower else (None, None, 0)))
     train_s, trainer = train_one(args, model, tok, sets, train, blind=False)
     model = gathered(model)
     if not trainer.is_global_zero:
         return {}
     model.to(trainer.strategy.root_device)
     clip.to(trainer.strategy.root_device)
-    metrics, shown = evaluate_captions(model, sets["test"], clip)
+    split = train.eval_split
+    metrics, shown = evaluate_captions(model, sets[split], clip, split=split)
     caption_grid(shown, Path(args.out) / "captions.png")
-    metrics.update({"train_s": round(train_s, 1), "steps": trainer.global_step, "params": model.num_params(),
-                    "fusion": model.config.fusion, "clip": str(train.clip)})
+    metrics.update({"train_s": round(train_s + tower.get("tower_s", 0.0), 1), "vlm_s": round(train_s, 1),
+                    "steps": trainer.global_step, "params": model.num_params(), "fusion": model.config.fusion,
+                    "clip": str(train.clip), "eval_split": split, "tokenizer": train.tokenizer, **tower})
     if train.blind:
         control = build()
+        if train.freeze_tower:  # the same model: its (blank-fed) tower is fixed too
+            control.visual.requires_grad_(False)
         blind_s, blind_trainer = train_one(args, control, tok, sets, train, blind=True)
         control.to(blind_trainer.strategy.root_device)
-        blind, _ = evaluate_captions(control, sets["test"], clip, blind=True)
+        blind, _ = evaluate_captions(control, sets[split], clip, blind=True, split=split)
         metrics.update({f"{k}_blind": v for k, v in blind.items() if "real" not in k})
         metrics["train_s_blind"] = round(blind_s, 1)
-    log.info("captions: BLEU-4 %.3f, ROUGE-L %.3f, CLIP score %.2f vs real %.2f", metrics["test/bleu4"],
-             metrics["test/rouge_l"], metrics["test/clip_score"], metrics["test/clip_score_real"])
+    log.info("captions (%s): BLEU-4 %.3f, ROUGE-L %.3f, CLIP score %.2f vs real %.2f", split,
+             metrics[f"{split}/bleu4"], metrics[f"{split}/rouge_l"], metrics.get(f"{split}/clip_score", float("nan")),
+             metrics.get(f"{split}/clip_score_real", float("nan")))
     return finish(args, model, metrics, timer)
+
+
+def caption_class_sources(sets: dict, shard_dir: str) -> tuple:
+    """(train Sources, val Sources, class count) for the tower stage: the caption TRAIN split's distinct images
+    and their classes (digits, animals), and the held-out val images (None without n_caption_val)."""
+    train_src, n_classes = class_sources(sets["train"], shard_dir)
+    val_src = class_sources(sets["val"], shard_dir)[0] if len(sets["val"]) else None
+    return train_src, val_src, n_classes
 
 
 def qa_texts(dataset, n: int = 6000) -> list[str]:
@@ -184,14 +226,9 @@ def vqa_main(args, routed: dict, train: VLMTrain, data_cfg: VQAConfig, timer: Ti
     model = build_vqa_model(args, routed, data_cfg, tok)
     log.info("%s (%s fusion, %d image tokens): %d params; %d train / %d test questions", args.preset,
              model.config.fusion, model.config.image_tokens, model.num_params(), len(sets["train"]), len(sets["test"]))
-    resumed = args.resume and (Path(args.resume) / "checkpoints").is_dir()  # the VLM's checkpoint holds the tower
-    tower = {}
-    if train.tower and not resumed:
-        tower = load_tower(model, train.tower)
-    elif train.tower_steps and not resumed:
-        tower = pretrain_tower(args, model, sets, train)
-    if train.freeze_tower:
-        model.visual.requires_grad_(False)
+    from mmfm.data.vqa import NAMES
+
+    tower = prepare_tower(args, model, train, sets["train"].src, sets["val"].src, len(NAMES))
     train_s, trainer = train_one(args, model, tok, sets, train, blind=False)
     model = gathered(model)
     if not trainer.is_global_zero:
@@ -227,18 +264,17 @@ def main(argv=None):
     if train.threads:
         torch.set_num_threads(train.threads)
     timer = Timer()
-    if train.task == "caption":
-        vqa_only = {"tower", "tower_steps", "tower_batch", "freeze_tower", "eval_split", "tokenizer"}
-        extra = sorted(set(routed["data"]) | (vqa_only & set(routed["train"])))
-        if extra:
-            raise ConfigError(f"task=caption reads the CLIP shards; {extra} are VQA data settings or flags of the "
-                              "VQA task only")
-        return caption_main(args, routed, train, timer)
-    extra = sorted({"clip", "n_caption_test", "caption_data"} & set(routed["train"]))
-    if extra:
-        raise ConfigError(f"{extra} apply to task=caption only")
     if train.tower and "tower_steps" in routed["train"] and train.tower_steps:
         raise ConfigError("tower= starts the tower from a saved ViT; tower_steps= trains one first: choose one")
+    if train.task == "caption":
+        if routed["data"]:
+            raise ConfigError(f"task=caption reads the CLIP shards; {sorted(routed['data'])} are VQA data settings")
+        if train.eval_split == "val" and not train.n_caption_val:
+            raise ConfigError("eval_split=val scores the held-out training images: set n_caption_val > 0")
+        return caption_main(args, routed, train, timer)
+    extra = sorted({"clip", "n_caption_test", "n_caption_val", "caption_data"} & set(routed["train"]))
+    if extra:
+        raise ConfigError(f"{extra} apply to task=caption only")
     return vqa_main(args, routed, train, data_cfg, timer)
 
 

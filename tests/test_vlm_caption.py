@@ -1,5 +1,6 @@
 """Captioning with the VLM: the caption data from CLIP-style shards, the metrics, and recipes/vlm_train.py
-task=caption end to end on tiny synthetic shards with a tiny CLIP folder."""
+task=caption end to end on tiny synthetic shards with a tiny CLIP folder, with the tower pre-trained on the
+training images' classes (and on nothing else)."""
 import dataclasses
 import importlib.util
 import json
@@ -11,8 +12,9 @@ import pytest
 import torch
 
 import mmfm
-from mmfm.data.captions import PROMPT, caption_sets, caption_tokenizer
+from mmfm.data.captions import PROMPT, caption_sets, caption_tokenizer, class_sources, image_key
 from mmfm.data.imagetext import ANIMALS, DIGITS, build_label_shards
+from mmfm.data.vqa import NAMES
 from mmfm.train.captioning import caption_metrics, clip_scores, load_clip
 from mmfm.train.vlm import IGNORE, QACollate
 
@@ -80,23 +82,55 @@ def _recipe():
     return module
 
 
-def test_caption_recipe_end_to_end(shards, tmp_path):
-    tok = caption_tokenizer()
+def test_caption_recipe_end_to_end_with_a_tower_pretrained_on_training_images_only(shards, tmp_path, monkeypatch):
+    recipe = _recipe()
+    seen = []
+    real = recipe.cell_classification_set
+
+    def spy(src, size):
+        seen.append(src)
+        return real(src, size)
+
+    monkeypatch.setattr(recipe, "cell_classification_set", spy)
     clip = _tiny_clip()
     clip.save_pretrained(tmp_path / "clip")
     out = tmp_path / "run"
-    metrics = _recipe().main(["--preset", "vlm-test", "--max-steps", "3", "--out", str(out), "task=caption",
-                              f"clip={tmp_path / 'clip'}", f"caption_data={shards}", "n_caption_test=8",
-                              "batch_size=8", "warmup_steps=1", "blind=true", "patch_size=7", "block_size=80"])
+    metrics = recipe.main(["--preset", "vlm-test", "--max-steps", "3", "--out", str(out), "task=caption",
+                           f"clip={tmp_path / 'clip'}", f"caption_data={shards}", "n_caption_test=0",
+                           "n_caption_val=6", "eval_split=val", "tower_steps=2", "tower_batch=8", "tokenizer=bpe",
+                           "batch_size=8", "warmup_steps=1", "blind=true", "patch_size=7", "block_size=80"])
+    sets = caption_sets(shards, n_test=0, n_val=6)
+    train_keys = {image_key(s) for s in sets["train"].samples}
+    val_keys, test_keys = {s["key"] for s in sets["val"].samples}, {s["key"] for s in sets["test"].samples}
+    assert len(val_keys) == 6 and not val_keys & train_keys and not test_keys & train_keys
+    assert set(seen[0].ids) == train_keys and len(seen[0].ids) == len(train_keys)  # each training image once
+    assert set(seen[1].ids) == val_keys  # tower/val_accuracy: the held-out training images, never the test ones
+    assert not any(set(s.ids) & test_keys for s in seen)
+
     saved = json.loads((out / "metrics.json").read_text())
-    for key in ("test/bleu4", "test/rouge_l", "test/clip_score", "test/clip_score_real", "test/clip_score_ratio",
-                "test/clip_score_blind"):
+    for key in ("val/bleu4", "val/rouge_l", "val/clip_score", "val/clip_score_real", "val/clip_score_ratio",
+                "val/clip_score_blind", "tower/val_accuracy"):
         assert key in saved and np.isfinite(saved[key]), key
-    assert saved["test/clip_score_ratio"] == pytest.approx(saved["test/clip_score"] / saved["test/clip_score_real"])
+    assert not any(k.startswith("test/") for k in saved)  # eval_split=val: the test images are not scored
+    assert saved["val/clip_score_ratio"] == pytest.approx(saved["val/clip_score"] / saved["val/clip_score_real"])
     assert (out / "captions.png").is_file() and (out / "model" / "config.json").is_file()
-    assert metrics["steps"] == 3
+    assert metrics["steps"] == 3 and saved["tower_steps"] == 2 and saved["train_s"] >= saved["tower_s"] > 0
     reloaded = mmfm.build_model(str(out / "model"))
-    assert reloaded.config.img_size == 28 and reloaded.tokenizer.vocab_size == tok.vocab_size
+    assert reloaded.config.img_size == 28 and reloaded.tokenizer.kind == "bpe"
+    tower = mmfm.build_model(str(out / "tower" / "model"))  # frozen (the default): still the pre-trained tower
+    assert tower.config.num_classes == len(NAMES)
+    for name, w in tower.state_dict().items():
+        if not name.startswith("head."):
+            assert torch.equal(reloaded.visual.state_dict()[name], w), name
+
+
+def test_class_sources_follow_the_captions(shards):
+    sets = caption_sets(shards, n_test=0)
+    src, n_classes = class_sources(sets["train"], shards)
+    assert n_classes == len(NAMES) and set(src.labels.tolist()) == set(range(20))
+    by_key = {image_key(s): s for s in sets["train"].samples}
+    for key, label in zip(src.ids, src.labels):
+        assert NAMES[label] in by_key[key]["captions"][0]  # digits 0-9, then animals 10-19
 
 
 def test_caption_flags_are_refused_where_they_do_not_apply(tmp_path):
@@ -105,5 +139,11 @@ def test_caption_flags_are_refused_where_they_do_not_apply(tmp_path):
         recipe.main(["--out", str(tmp_path), "clip=runs/x"])  # a caption flag on the VQA task
     with pytest.raises(ValueError, match="VQA data"):
         recipe.main(["--out", str(tmp_path), "task=caption", "n_train=10"])
+    with pytest.raises(ValueError, match="task=caption"):
+        recipe.main(["--out", str(tmp_path), "n_caption_val=10"])
+    with pytest.raises(ValueError, match="choose one"):
+        recipe.main(["--out", str(tmp_path), "task=caption", "tower=runs/x", "tower_steps=5"])
+    with pytest.raises(ValueError, match="n_caption_val"):
+        recipe.main(["--out", str(tmp_path), "task=caption", "eval_split=val", "n_caption_val=0"])
     with pytest.raises(FileNotFoundError, match="clip_pretrain"):
         recipe.main(["--out", str(tmp_path), "task=caption", "clip=runs/no_such/model"])

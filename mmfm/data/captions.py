@@ -1,11 +1,12 @@
 """Captioned images for a VLM: the CLIP shards' digits and animals (mmfm.data.imagetext), same split as CLIP.
 
-    sets = caption_sets("data/clip", n_test=500)      # {"train", "test"}: CaptionSet over the shards' samples
+    sets = caption_sets("data/clip", n_test=500, n_val=500)   # {"train", "val", "test"}: CaptionSets
     ex = sets["train"][0]     # ex.image (1, 28, 28) uint8, ex.question (the fixed prompt), ex.answer (a caption),
                               # ex.captions (every caption written for the image: the references), ex.source
 
 The training split is the shards' train-*.tar and the test split their test-*.tar, which build_label_shards
-splits by image: no test image is in training. A training item draws one of its image's captions afresh each
+splits by image: no test image is in training. `n_val` training images (with their repeats) are held out of
+training as a val split, for choosing settings off the test images. A training item draws one of its image's captions afresh each
 time it is read (as the CLIP recipe's random_caption), so the model sees every phrasing; a test item carries
 the sample's own caption as `answer` and all of them as `captions` (the references of BLEU and ROUGE).
 """
@@ -15,6 +16,7 @@ import io
 import json
 import logging
 import random
+import re
 import string
 import tarfile
 from dataclasses import dataclass
@@ -31,9 +33,18 @@ log = logging.getLogger(__name__)
 PROMPT = "caption:"  # the text that asks for a caption; the caption follows it after a space
 
 
-def caption_tokenizer() -> CharTokenizer:
-    """Characters of the prompt and every caption: lowercase letters, digits, space and ",:.-'?"."""
-    return CharTokenizer(string.ascii_lowercase + string.digits + " ,:.-'?")
+def caption_tokenizer(kind: str = "char", train_set=None, vocab_size: int = 512):
+    """kind="char": characters of the prompt and every caption (lowercase letters, digits, space and ",:.-'?").
+    kind="bpe": a byte-level BPE trained on `train_set`'s captions (each after the prompt, and alone), as
+    mmfm.train.vlm.vqa_tokenizer trains one on the VQA questions."""
+    if kind == "char":
+        return CharTokenizer(string.ascii_lowercase + string.digits + " ,:.-'?")
+    if kind != "bpe" or train_set is None:
+        raise ValueError(f"tokenizer={kind!r}: choose 'char', or 'bpe' with the training set")
+    from ..train.vlm import vqa_tokenizer
+
+    captions = sorted({c for s in train_set.samples for c in s["captions"]})
+    return vqa_tokenizer("bpe", [f"{PROMPT} {c}" for c in captions] + captions, vocab_size)
 
 
 @dataclass
@@ -85,9 +96,48 @@ class CaptionSet(torch.utils.data.Dataset):
                               s["source"], s["label"])
 
 
-def caption_sets(shard_dir: str | Path = "data/clip", n_test: int = 500, seed: int = 0) -> dict:
-    """{"train": CaptionSet of train-*.tar, "test": a seeded random n_test of test-*.tar (0: all)}; the default
-    shards are built when missing, as the CLIP recipe does."""
+def image_key(sample: dict) -> str:
+    """The image's key: a training repeat ("<key>r1") shares its original's."""
+    return re.sub(r"(\d{6})r\d+$", r"\1", sample["key"])
+
+
+def class_sources(dataset, shard_dir: str | Path | None = None):
+    """The distinct images of a CaptionSet as a classification set, mmfm.detect.canvas.Sources (images (N, H, W)
+    uint8, labels (N,), ids: image keys): the class is the shard's label offset by its source's place in the
+    folder's classes.json (digits 0-9, then animals 10-19 for the default shards; a source missing there comes
+    after, sized by its largest label); -> (Sources, class count)."""
+    from ..detect.canvas import Sources
+    from .imagetext import read_classes
+
+    known = read_classes(shard_dir) if shard_dir else {}
+    order = list(known) + sorted({s["source"] for s in dataset.samples} - set(known))
+    sizes = {src: len(known[src]["classnames"]) if src in known else
+             1 + max([s["label"] for s in dataset.samples if s["source"] == src], default=-1) for src in order}
+    offsets = {src: sum(sizes[o] for o in order[:k]) for k, src in enumerate(order)}
+    firsts = {}
+    for s in dataset.samples:
+        firsts.setdefault(image_key(s), s)
+    keep = list(firsts.values())
+    if any(s["label"] < 0 for s in keep):
+        raise ValueError("the caption shards carry no class labels (<key>.json 'label'): no tower pre-training")
+    labels = np.array([offsets[s["source"]] + s["label"] for s in keep])
+    return Sources(np.stack([s["image"] for s in keep]), labels, np.array(list(firsts))), sum(sizes.values())
+
+
+def hold_out(samples: list[dict], n_val: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(training samples, val samples): a seeded n_val of the distinct images, every repeat of each, held out."""
+    keys = sorted({image_key(s) for s in samples})
+    if n_val >= len(keys):
+        raise ValueError(f"n_caption_val={n_val}: the training split has only {len(keys)} images")
+    val = set(random.Random(f"val:{seed}").sample(keys, n_val))
+    return [s for s in samples if image_key(s) not in val], [s for s in samples
+                                                              if image_key(s) in val and image_key(s) == s["key"]]
+
+
+def caption_sets(shard_dir: str | Path = "data/clip", n_test: int = 500, seed: int = 0, n_val: int = 0) -> dict:
+    """{"train": CaptionSet of train-*.tar, "val": n_val of its images held out (scored as the test is),
+    "test": a seeded random n_test of test-*.tar (0: all)}; the default shards are built when missing, as the
+    CLIP recipe does."""
     d = Path(shard_dir)
     if d == Path("data/clip") and not default_shards_ready(d):
         log.info("building the default shards under %s (MNIST-5k + animal silhouettes)", d)
@@ -99,6 +149,9 @@ def caption_sets(shard_dir: str | Path = "data/clip", n_test: int = 500, seed: i
     if n_test and n_test < len(test_samples):
         keep = sorted(random.Random(seed).sample(range(len(test_samples)), n_test))
         test_samples = [test_samples[i] for i in keep]
-    sets = {"train": CaptionSet(read_shards(train), train=True, seed=seed), "test": CaptionSet(test_samples, False)}
-    log.info("captions from %s: %d train / %d test samples", d, len(sets["train"]), len(sets["test"]))
+    train_samples, val_samples = hold_out(read_shards(train), n_val, seed) if n_val else (read_shards(train), [])
+    sets = {"train": CaptionSet(train_samples, train=True, seed=seed), "val": CaptionSet(val_samples, False),
+            "test": CaptionSet(test_samples, False)}
+    log.info("captions from %s: %d train / %d val / %d test samples", d, len(sets["train"]), len(sets["val"]),
+             len(sets["test"]))
     return sets

@@ -76,23 +76,23 @@ def caption_metrics(preds: list[str], references: list[list[str]]) -> dict:
 
 
 def evaluate_captions(model, dataset, clip=None, batch_size: int = 256, keep: int = 16,
-                      blind: bool = False) -> tuple[dict, list]:
-    """({"test/bleu4", "test/rouge_l", "test/caption_in_references" (share of captions equal to one of the
-    image's), and with a CLIP "test/clip_score", "test/clip_score_real", "test/clip_score_ratio"}, `keep`
-    evenly spaced (example, generated caption)). blind: the model captions blank images (scored against the real
-    ones)."""
+                      blind: bool = False, split: str = "test") -> tuple[dict, list]:
+    """({"<split>/bleu4", "<split>/rouge_l", "<split>/caption_in_references" (share of captions equal to one of
+    the image's), and with a CLIP "<split>/clip_score", "<split>/clip_score_real", "<split>/clip_score_ratio"},
+    `keep` evenly spaced (example, generated caption)). blind: the model captions blank images (scored against
+    the real ones)."""
     was_training = model.training
     examples = [dataset[i] for i in range(len(dataset))]
     images = torch.stack([ex.image for ex in examples])  # (N, 1, H, W) uint8
     preds = generate_captions(model, torch.zeros_like(images) if blind else images, batch_size)
     model.train(was_training)
-    metrics = {f"test/{k}": v for k, v in caption_metrics(preds, [ex.captions for ex in examples]).items()}
+    metrics = {f"{split}/{k}": v for k, v in caption_metrics(preds, [ex.captions for ex in examples]).items()}
     if clip is not None:
         gen, real = clip_scores(clip, images, preds).mean(), clip_scores(clip, images, [ex.answer for ex in examples]).mean()
-        metrics.update({"test/clip_score": float(gen), "test/clip_score_real": float(real),
-                        "test/clip_score_ratio": float(gen / real) if real > 0 else float("nan")})
+        metrics.update({f"{split}/clip_score": float(gen), f"{split}/clip_score_real": float(real),
+                        f"{split}/clip_score_ratio": float(gen / real) if real > 0 else float("nan")})
     exact = sum(p in ex.captions for p, ex in zip(preds, examples)) / len(examples)
-    metrics["test/caption_in_references"] = exact
+    metrics[f"{split}/caption_in_references"] = exact
     spread = sorted({round(i * (len(examples) - 1) / max(keep - 1, 1)) for i in range(keep)}) if keep else []
     return metrics, [(examples[i], preds[i]) for i in spread]  # evenly spaced: both sources
 
