@@ -9,7 +9,8 @@
 Data: 2x2 canvases of real MNIST-5k digits and animal silhouettes with generated questions (mmfm/data/vqa.py),
 split by source image. First (tower_steps > 0) trains the image tower as a 20-class classifier of the TRAIN
 split's source images only, saved as <out>/tower/model (or starts it from a saved ViT folder, tower=PATH); then
-trains the VLM and, with blind=true (default), the same model on a blank image (the question-only control), for
+trains the VLM (its tower fixed: freeze_tower=true; LoRA-adapted: tower_lora=8; or trained) and, with
+blind=true (default), the same model on a blank image (the question-only control), for
 --max-steps each. Writes <out>/model, <out>/metrics.json (vqa_accuracy on the held-out canvases,
 vqa_accuracy_blind, vqa_accuracy/<type>, train_s: the tower's and the VLM's training), loss.png and answers.png.
 
@@ -32,6 +33,7 @@ from pathlib import Path
 import torch
 
 import mmfm
+from mmfm.adapt.lora import inject_lora, merge_lora_inplace
 from mmfm.config import ConfigError, opt
 from mmfm.data.captions import caption_sets, caption_tokenizer, class_sources
 from mmfm.data.stepstream import resumable_loader
@@ -68,6 +70,7 @@ class VLMTrain:
     tower_steps: int = opt(1000, lo=0)  # > 0: first train the tower on the train split's source images (classes)
     tower_batch: int = opt(128, lo=1)
     freeze_tower: bool = True  # keep the (pre-trained) tower fixed while the VLM trains
+    tower_lora: int = opt(0, lo=0)  # > 0: LoRA adapters of this rank in the tower (base weights fixed), merged on save
     tokenizer: str = opt("bpe", choices=("char", "bpe"))  # bpe: trained on the training questions and answers
     eval_split: str = opt("test", choices=("val", "test"))  # val: for choosing settings; the headline is test
 
@@ -134,9 +137,16 @@ def prepare_tower(args, model, train: VLMTrain, train_src, val_src, n_classes: i
         tower = load_tower(model, train.tower)
     elif train.tower_steps and not resumed:
         tower = pretrain_tower(args, model, train_src, val_src, n_classes, train)
-    if train.freeze_tower:
-        model.visual.requires_grad_(False)
+    fix_tower(model, train)
     return tower
+
+
+def fix_tower(model, train: VLMTrain) -> None:
+    """How the tower trains with the VLM: LoRA adapters (tower_lora > 0), fixed (freeze_tower), or fully."""
+    if train.tower_lora:
+        inject_lora(model.visual, train.tower_lora, alpha=2.0 * train.tower_lora)
+    elif train.freeze_tower:
+        model.visual.requires_grad_(False)
 
 
 def load_tower(model, path: str) -> dict:
@@ -184,8 +194,7 @@ def caption_main(args, routed: dict, train: VLMTrain, timer: Timer) -> dict:
                     "clip": str(train.clip), "eval_split": split, "tokenizer": train.tokenizer, **tower})
     if train.blind:
         control = build()
-        if train.freeze_tower:  # the same model: its (blank-fed) tower is fixed too
-            control.visual.requires_grad_(False)
+        fix_tower(control, train)  # the same model: its (blank-fed) tower trains as the VLM's does
         blind_s, blind_trainer = train_one(args, control, tok, sets, train, blind=True)
         control.to(blind_trainer.strategy.root_device)
         blind, _ = evaluate_captions(control, sets[split], clip, blind=True, split=split)
@@ -194,6 +203,7 @@ def caption_main(args, routed: dict, train: VLMTrain, timer: Timer) -> dict:
     log.info("captions (%s): BLEU-4 %.3f, ROUGE-L %.3f, CLIP score %.2f vs real %.2f", split,
              metrics[f"{split}/bleu4"], metrics[f"{split}/rouge_l"], metrics.get(f"{split}/clip_score", float("nan")),
              metrics.get(f"{split}/clip_score_real", float("nan")))
+    merge_lora_inplace(model.visual)  # tower_lora: adapters folded in, so the folder is a plain VLM
     return finish(args, model, metrics, timer)
 
 
@@ -241,14 +251,14 @@ def vqa_main(args, routed: dict, train: VLMTrain, data_cfg: VQAConfig, timer: Ti
                     "eval_split": train.eval_split, **tower})
     if train.blind:
         control = build_vqa_model(args, routed, data_cfg, tok)
-        if train.freeze_tower:  # the same model: its (blank-fed) tower is fixed too
-            control.visual.requires_grad_(False)
+        fix_tower(control, train)  # the same model: its (blank-fed) tower trains as the VLM's does
         blind_s, blind_trainer = train_one(args, control, tok, sets, train, blind=True)
         control.to(blind_trainer.strategy.root_device)
         blind, _ = evaluate_vqa(control, tok, sets[train.eval_split], blind=True)
         metrics.update({"vqa_accuracy_blind": blind["vqa_accuracy"], "train_s_blind": round(blind_s, 1),
                         **{k.replace("vqa_accuracy/", "vqa_accuracy_blind/"): v for k, v in blind.items() if "/" in k}})
     log.info("VQA accuracy %.3f (blind %s)", metrics["vqa_accuracy"], metrics.get("vqa_accuracy_blind"))
+    merge_lora_inplace(model.visual)  # tower_lora: adapters folded in, so the folder is a plain VLM
     return finish(args, model, metrics, timer)
 
 
@@ -264,6 +274,9 @@ def main(argv=None):
     if train.threads:
         torch.set_num_threads(train.threads)
     timer = Timer()
+    if train.tower_lora and "freeze_tower" in routed["train"] and not train.freeze_tower:
+        raise ConfigError("tower_lora= trains LoRA adapters on a fixed tower; freeze_tower=false trains all of it: "
+                          "choose one")
     if train.tower and "tower_steps" in routed["train"] and train.tower_steps:
         raise ConfigError("tower= starts the tower from a saved ViT; tower_steps= trains one first: choose one")
     if train.task == "caption":

@@ -1,9 +1,11 @@
 """A VLM's image tower adapted with LoRA (mmfm.adapt.lora.inject_lora / merge_lora_inplace): adapters in place,
 only they and the rest of the VLM train, and merging gives back a plain tower with the same outputs and keys."""
+import pytest
 import torch
 
 import mmfm
 from mmfm.adapt.lora import inject_lora, merge_lora_inplace
+from mmfm.config import ConfigError
 
 
 def _batch(model, B=2, T=6):
@@ -58,7 +60,22 @@ def test_merge_gives_a_plain_tower_with_the_same_outputs(tmp_path):
 
 
 def test_rank_zero_is_refused():
-    import pytest
-
     with pytest.raises(ValueError, match="rank"):
         inject_lora(mmfm.build_model("vlm-test").visual, rank=0)
+
+
+def test_recipe_tower_lora_trains_adapters_and_saves_a_plain_vlm(tmp_path, monkeypatch):
+    from test_vlm_recipe import _fake_sources, _recipe
+
+    _fake_sources(monkeypatch)
+    recipe, out = _recipe(), tmp_path / "vlm"
+    common = ["--max-steps", "3", "--preset", "vlm-test", "patch_size=14", "block_size=96", "n_train=20", "n_val=4",
+              "n_test=12", "batch_size=4", "blind=false", "tower_steps=2", "tower_batch=8", "lr=0.05"]
+    recipe.main(["--out", str(out), *common, "tower_lora=2"])
+    tower = mmfm.build_model(str(out / "tower" / "model")).state_dict()  # the pre-trained tower, before LoRA
+    vlm = mmfm.build_model(str(out / "model"))
+    assert set(vlm.state_dict()) == set(type(vlm)(vlm.config).state_dict())  # plain keys: no adapter left
+    moved = [k for k, v in vlm.visual.state_dict().items() if k in tower and not torch.equal(v, tower[k])]
+    assert moved and all(k.endswith(".weight") and ("attn" in k or "mlp" in k) for k in moved)  # only LoRA'd Linears
+    with pytest.raises(ConfigError, match="tower_lora"):
+        recipe.main(["--out", str(tmp_path / "bad"), *common, "tower_lora=2", "freeze_tower=false"])
