@@ -99,3 +99,20 @@ def test_recipe_trains_coca_and_the_folder_reloads_with_the_decoder(tmp_path):
     assert metrics["train/caption_loss"] > 0 and metrics["train/contrastive_loss"] > 0
     assert metrics["train/loss"] == pytest.approx(metrics["train/caption_loss"] + metrics["train/contrastive_loss"])
     assert "zeroshot_top1/toy" in metrics
+
+
+def test_open_clip_export_refuses_the_decoder_and_the_suggested_copy_exports():
+    from mmfm.interop.open_clip import to_open_clip
+    from mmfm.models.clip import CLIP
+
+    clip = _coca()
+    with pytest.raises(ValueError, match="decoder_layers=2"):
+        to_open_clip(clip)
+    plain = CLIP(clip.config.replace(decoder_layers=0))
+    missing, unexpected = plain.load_state_dict(clip.state_dict(), strict=False)
+    assert not missing and unexpected and all(k.startswith("decoder.") for k in unexpected)
+    images = torch.randn(2, clip.config.in_chans, clip.config.img_size, clip.config.img_size)
+    oc = to_open_clip(plain.eval()).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(oc.encode_image(images, normalize=True), clip.encode_image(images),
+                                   atol=1e-4, rtol=1e-4)

@@ -163,6 +163,11 @@ def to_open_clip(clip: CLIP):
     c = clip.config
     if c.vision_width % c.vision_heads:
         raise ValueError("vision_width must be divisible by vision_heads")
+    if getattr(c, "decoder_layers", 0):
+        raise ValueError(f"decoder_layers={c.decoder_layers}: a CoCa model's caption decoder has no open_clip.CLIP "
+                         "counterpart; to export the contrastive part alone, copy it into a plain CLIP first: "
+                         "plain = CLIP(clip.config.replace(decoder_layers=0)); "
+                         "plain.load_state_dict(clip.state_dict(), strict=False)")
     model = open_clip.model.CLIP(
         embed_dim=c.embed_dim,
         vision_cfg=open_clip.model.CLIPVisionCfg(layers=c.vision_layers, width=c.vision_width,
