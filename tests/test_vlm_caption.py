@@ -112,6 +112,7 @@ def test_caption_recipe_end_to_end_with_a_tower_pretrained_on_training_images_on
                 "val/clip_score_blind", "tower/val_accuracy"):
         assert key in saved and np.isfinite(saved[key]), key
     assert not any(k.startswith("test/") for k in saved)  # eval_split=val: the test images are not scored
+    assert "caption_clip_score" not in saved and "bleu4" not in saved  # the names are the test split's
     assert saved["val/clip_score_ratio"] == pytest.approx(saved["val/clip_score"] / saved["val/clip_score_real"])
     assert (out / "captions.png").is_file() and (out / "model" / "config.json").is_file()
     assert metrics["steps"] == 3 and saved["tower_steps"] == 2 and saved["train_s"] >= saved["tower_s"] > 0
