@@ -15,7 +15,8 @@ blind=true (default), the same model on a blank image (the question-only control
 vqa_accuracy_blind, vqa_accuracy/<type>, train_s: the tower's and the VLM's training), loss.png and answers.png.
 
 task=caption: the CLIP shards' captioned digits and animals (data/clip, built if missing; CLIP's split by image,
-n_caption_val training images held out as a val split), the caption after the prompt "caption:" (loss on the
+n_caption_val training images held out as a val split), or the user's image-text pairs (caption_data=pairs.csv,
+an open_clip CSV or a folder of images with .txt captions: mmfm/data/caption_pairs.py, CLIP's split by image), the caption after the prompt "caption:" (loss on the
 caption only). The tower stage is the same, on the classes (digits, animals) of the TRAINING images only;
 tokenizer, tower=, freeze_tower and eval_split work as for VQA. Greedy captions with the KV cache on
 n_caption_test held-out images: test/bleu4, test/rouge_l (torchmetrics), and with the CLIP folder `clip=`
@@ -67,7 +68,7 @@ class VLMTrain:
     clip: str = "runs/clip/model"  # task=caption: the mmfm CLIP folder that scores captions
     n_caption_test: int = opt(500, lo=0)  # task=caption: held-out images captioned (0: all 2,943)
     n_caption_val: int = opt(500, lo=0)  # task=caption: training images held out as the val split (eval_split=val)
-    caption_data: str = "data/clip"  # task=caption: a folder of mmfm.data.imagetext shards (the default is built)
+    caption_data: str = "data/clip"  # task=caption: mmfm.data.imagetext shards (the default, built) or image-text pairs
     tower: str = ""  # a saved mmfm ViT folder (class token, the tile's size) to start the image tower from
     tower_steps: int = opt(1000, lo=0)  # > 0: first train the tower on the train split's source images (classes)
     tower_batch: int = opt(128, lo=1)

@@ -147,7 +147,7 @@ def caption_pair_data(train, preset: str, routed: dict, seed: int) -> dict:
     """recipes/vlm_train.py task=caption on image-text pairs (`train`: its VLMTrain; the CLIP shards go through
     caption_sets): the sets, with the model's in_chans and img_size set in routed["model"] from the data. The
     tower pre-training does not apply: tower_steps= given explicitly is refused, the default is skipped (logged),
-    and the tower then trains with the VLM unless freeze_tower= is given."""
+    and the tower then trains with the VLM unless freeze_tower= or tower_lora= is given."""
     if train.tower_steps and not train.tower:
         why = ("needs a class label for every image and grayscale images (the shards' digits and animals); "
                f"caption_data={train.caption_data} is image-text pairs")
@@ -156,7 +156,7 @@ def caption_pair_data(train, preset: str, routed: dict, seed: int) -> dict:
                               "(or tower=PATH, a saved ViT folder)")
         log.info("tower pre-training skipped: it %s", why)
         train.tower_steps = 0
-    if not train.tower and "freeze_tower" not in routed["train"]:
+    if not train.tower and not train.tower_lora and "freeze_tower" not in routed["train"]:
         train.freeze_tower = False  # no pre-trained tower to keep: it learns with the VLM
         log.info("the image tower trains with the VLM (freeze_tower=false; no pre-trained tower)")
     pairs = read_pairs(train.caption_data)
