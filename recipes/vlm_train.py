@@ -17,7 +17,8 @@ vqa_accuracy_blind, vqa_accuracy/<type>, train_s: the tower's and the VLM's trai
 task=caption: the CLIP shards' captioned digits and animals (data/clip, built if missing; CLIP's split by image,
 n_caption_val training images held out as a val split), or the user's image-text pairs (caption_data=pairs.csv,
 an open_clip CSV or a folder of images with .txt captions: mmfm/data/caption_pairs.py, CLIP's split by image),
-the caption after the prompt "caption:" (loss on the caption only). The tower stage is the same, on the classes (digits, animals) of the TRAINING images only;
+the caption after the prompt "caption:" (loss on the caption only). The tower stage is the same, on the classes
+(digits, animals) of the TRAINING images only;
 tokenizer, tower=, freeze_tower and eval_split work as for VQA. Greedy captions with the KV cache on
 n_caption_test held-out images: test/bleu4, test/rouge_l (torchmetrics), and with the CLIP folder `clip=`
 (`python recipes/clip_pretrain.py --out runs/clip` writes the default one) test/clip_score of the generated
