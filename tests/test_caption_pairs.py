@@ -1,10 +1,8 @@
 """Captioning a user's image-text pairs (mmfm.data.caption_pairs): an open_clip CSV of synthetic RGB PNGs, split
 by image as the CLIP recipe splits it, and recipes/vlm_train.py task=caption on it end to end with a tiny RGB
 CLIP folder."""
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +18,8 @@ from mmfm.data.captions import PROMPT, caption_tokenizer
 from mmfm.data.formats import fingerprint
 from mmfm.data.pairs import split_pairs
 from mmfm.train.captioning import clip_scores, load_clip
+from test_vlm_recipe import _recipe
 
-ROOT = Path(__file__).resolve().parents[1]
 COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230)}
 
 
@@ -85,13 +83,6 @@ def test_clip_score_with_an_rgb_clip(tmp_path):
         ids, _ = clip.tokenizer.encode_batch(texts, max_len=clip.config.context_length, pad_to_max=True)
         cos = F.cosine_similarity(clip.encode_image(images), clip.encode_text(ids), dim=-1)
     assert torch.allclose(got, 100 * cos.clamp(min=0), atol=1e-4)
-
-
-def _recipe():
-    spec = importlib.util.spec_from_file_location("vlm_train", ROOT / "recipes" / "vlm_train.py")
-    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_caption_recipe_on_a_csv_end_to_end(csv_path, tmp_path):

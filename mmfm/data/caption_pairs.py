@@ -19,14 +19,13 @@ refused), and the tower pre-training skipped (it needs a class for every image, 
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 
 import numpy as np
 
 from ..config import ConfigError
 from ..registry import read_config
-from .captions import CaptionSet, hold_out
+from .captions import CaptionSet, hold_out, subsample
 from .formats import fingerprint
 from .pairs import CsvKeys, PairSet, detect_pairs, split_pairs
 
@@ -112,9 +111,7 @@ def caption_pair_sets(data: str | Path | PairSet, img_size: int, in_chans: int, 
     if not len(test):
         raise ConfigError(f"caption_data={path}: {sizes['train_images']} image(s) leave none for the test split")
     train_samples, test_samples = image_samples(train, img_size, in_chans), image_samples(test, img_size, in_chans)
-    if n_test and n_test < len(test_samples):
-        keep = sorted(random.Random(seed).sample(range(len(test_samples)), n_test))
-        test_samples = [test_samples[i] for i in keep]
+    test_samples = subsample(test_samples, n_test, seed)
     train_samples, val_samples = hold_out(train_samples, n_val, seed) if n_val else (train_samples, [])
     sets = {"train": PairCaptionSet(train_samples, train=True, seed=seed), "val": PairCaptionSet(val_samples, False),
             "test": PairCaptionSet(test_samples, False)}

@@ -6,9 +6,9 @@
 
 The training split is the shards' train-*.tar and the test split their test-*.tar, which build_label_shards
 splits by image: no test image is in training. `n_val` training images (with their repeats) are held out of
-training as a val split, for choosing settings off the test images. A training item draws one of its image's captions afresh each
-time it is read (as the CLIP recipe's random_caption), so the model sees every phrasing; a test item carries
-the sample's own caption as `answer` and all of them as `captions` (the references of BLEU and ROUGE).
+training as a val split, for choosing settings off the test images. A training item draws one of its image's
+captions afresh each time it is read (as the CLIP recipe's random_caption), so the model sees every phrasing; a
+test item carries the sample's own caption as `answer` and all of them as `captions` (the references of BLEU and ROUGE).
 """
 from __future__ import annotations
 
@@ -124,6 +124,13 @@ def class_sources(dataset, shard_dir: str | Path | None = None):
     return Sources(np.stack([s["image"] for s in keep]), labels, np.array(list(firsts))), sum(sizes.values())
 
 
+def subsample(samples: list, n: int, seed: int) -> list:
+    """A seeded random n of `samples`, in their order (all of them when n is 0 or not smaller)."""
+    if not n or n >= len(samples):
+        return samples
+    return [samples[i] for i in sorted(random.Random(seed).sample(range(len(samples)), n))]
+
+
 def hold_out(samples: list[dict], n_val: int, seed: int) -> tuple[list[dict], list[dict]]:
     """(training samples, val samples): a seeded n_val of the distinct images, every repeat of each, held out."""
     keys = sorted({image_key(s) for s in samples})
@@ -146,9 +153,7 @@ def caption_sets(shard_dir: str | Path = "data/clip", n_test: int = 500, seed: i
     if not train or not test:
         raise FileNotFoundError(f"{d} holds no train-*.tar and test-*.tar shards (mmfm.data.imagetext writes them)")
     test_samples = read_shards(test)
-    if n_test and n_test < len(test_samples):
-        keep = sorted(random.Random(seed).sample(range(len(test_samples)), n_test))
-        test_samples = [test_samples[i] for i in keep]
+    test_samples = subsample(test_samples, n_test, seed)
     train_samples, val_samples = hold_out(read_shards(train), n_val, seed) if n_val else (read_shards(train), [])
     sets = {"train": CaptionSet(train_samples, train=True, seed=seed), "val": CaptionSet(val_samples, False),
             "test": CaptionSet(test_samples, False)}

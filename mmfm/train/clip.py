@@ -55,7 +55,8 @@ def check_bad_fraction(bad: int, good: int, limit: float, min_seen: int = 100) -
 def build_loss(model, train: ClipTrain):
     """The task's loss for train.loss, after checking that the model has what it needs (a clear error if not)."""
     has_decoder = getattr(model, "decoder", None) is not None
-    if train.loss != "coca" and (train.coca_caption_weight, train.coca_contrastive_weight) != (2.0, 1.0):
+    weights = ("coca_caption_weight", "coca_contrastive_weight")
+    if train.loss != "coca" and any(getattr(train, w) != getattr(ClipTrain(), w) for w in weights):
         raise ValueError(f"coca_caption_weight/coca_contrastive_weight apply to loss=coca only, not loss={train.loss}")
     if train.loss != "coca" and has_decoder:
         raise ValueError(f"this CLIP has a caption decoder (decoder_layers={model.config.decoder_layers}), which "
