@@ -99,6 +99,8 @@ def test_caption_recipe_on_a_csv_end_to_end(csv_path, tmp_path):
     assert saved["test/clip_score_ratio"] == (pytest.approx(gen / real) if real > 0 else pytest.approx(float("nan"),
                                                                                                         nan_ok=True))
     assert metrics["steps"] == 2 and "tower_s" not in saved
+    assert saved["bleu4"] == saved["test/bleu4"] and saved["caption_clip_score"] == saved["test/clip_score"]
+    assert saved["caption_clip_score_real"] == saved["test/clip_score_real"]  # the names for the test split
     assert (out / "captions.png").is_file()
     model = mmfm.build_model(str(out / "model"))
     assert (model.config.in_chans, model.config.img_size) == (3, 16)  # from the data and the preset
