@@ -27,7 +27,6 @@ import logging
 import os
 import sys
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -44,6 +43,7 @@ from mmfm.diffusion.text import PromptConditioner
 from mmfm.eval.gen_quality import evaluate
 from mmfm.registry import read_config
 from mmfm.train import LossHistory, Timer, checkpoint_to_resume, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
+from mmfm.train.budget import BudgetClock
 from mmfm.train.classify import LabelledImages, load_labelled
 from mmfm.train.diffusion import DiffusionTask, SampleGrid, label_condition
 from mmfm.train.ema import EMA
@@ -63,6 +63,7 @@ class DiTTrain:
     ema_decay: float = opt(0.999, lo=0.0, hi=1.0)
     prediction_type: str = "sample"  # x0; or epsilon, v_prediction, flow (rectified flow, mmfm.diffusion.flow)
     flow_shift: float = opt(1.0, gt=0.0)  # prediction_type=flow: diffusers' time shift (SD3 uses 3 at 1024 px)
+    flow_prediction: str = "velocity"  # prediction_type=flow: the network outputs the velocity, or `sample` (x0; JiT)
     beta_schedule: str = "squaredcos_cap_v2"
     sample_every: int = opt(1000, lo=0)  # steps between sample grids (0: only at the end)
     sampler: str = "dpm++"  # ddim, dpm++, ddpm, euler
@@ -74,7 +75,8 @@ class DiTTrain:
     text_tokens: bool = False  # also cross-attend over the text tokens (needs text_encoder)
     vae: str = ""  # a saved VAE folder (recipes/vae_train.py): train on its latents, decode samples through it
     export: str = ""  # with vae=: also write the trained model as a diffusers DiTPipeline folder here
-    max_minutes: float = opt(13.5, lo=0.0)  # >0: also stop training after this many minutes (the CPU budget), whichever first
+    max_minutes: float = opt(13.5, lo=0.0)  # >0: also stop training after this many minutes (the CPU budget), whichever
+    # first; the LR cosine then ends with the budget (a BudgetClock's fraction), so a budgeted run anneals
     limit: int | None = None  # images per dataset and split (tests, smoke runs)
     val_fraction: float = opt(0.1, lo=0.0, lt=1.0)  # with --data and no --val-data (vit_classify's split, so its judge
     test_fraction: float = opt(0.2, lo=0.0, lt=1.0)  # never saw these test images); with --data and no --test-data
@@ -156,10 +158,15 @@ def load_data(args, train: DiTTrain, model_cfg: dict) -> tuple[LabelledImages, L
 def train_scheduler(train: DiTTrain):
     """The DDPM forward process for epsilon / v / x0, or the flow-matching scheduler for prediction_type=flow."""
     if train.prediction_type == FLOW:
-        scheduler = make_flow_scheduler(train.flow_shift)
-    elif train.flow_shift != 1.0:
-        raise ConfigError(f"flow_shift={train.flow_shift} goes with prediction_type=flow, not {train.prediction_type}")
+        try:
+            scheduler = make_flow_scheduler(train.flow_shift, prediction=train.flow_prediction)
+        except ValueError as e:
+            raise ConfigError(f"flow_prediction={train.flow_prediction}: {e}") from None
     else:
+        for name, value, default in (("flow_shift", train.flow_shift, 1.0),
+                                     ("flow_prediction", train.flow_prediction, "velocity")):
+            if value != default:
+                raise ConfigError(f"{name}={value} goes with prediction_type=flow, not {train.prediction_type}")
         scheduler = make_train_scheduler(train.prediction_type, train.beta_schedule)
     try:  # a sampler that cannot integrate this objective fails here, not after training
         make_sampler(train.sampler, scheduler.config)
@@ -207,12 +214,12 @@ def main(argv=None):
                       steps=train.sample_steps, guidance_scale=train.guidance_scale, ema=ema,
                       decode=codec.decode if codec else None)
     hist = LossHistory(args.out, prefixes=("train/loss",), title="DiT denoising loss")
+    clock = BudgetClock(train.max_minutes * 60)  # stops at the budget; the cosine follows its fraction too
     task = DiffusionTask(model, scheduler, condition, train.lr, train.weight_decay, train.warmup_steps, args.max_steps,
-                         train.p_uncond, args.seed)
+                         train.p_uncond, args.seed, progress=clock.fraction if train.max_minutes > 0 else None)
     loader = resumable_loader(TensorDataset(images, data.labels), train.batch_size, args.seed)
     timer = Timer()
-    budget = {"max_time": timedelta(minutes=train.max_minutes)} if train.max_minutes > 0 else {}
-    trainer = make_trainer(args, callbacks=[ema, grid, hist], limit_val_batches=0, **budget)
+    trainer = make_trainer(args, callbacks=[ema, grid, hist, clock], limit_val_batches=0)
     trainer.fit(task, loader, ckpt_path=checkpoint_to_resume(args.resume))
     train_s = timer.elapsed
     if not trainer.is_global_zero:  # rank 0 alone evaluates and writes
@@ -243,6 +250,9 @@ def check_export(train: DiTTrain, model_over: dict) -> None:
                           "latents with vae=<folder> (recipes/vae_train.py)")
     if train.text_encoder:
         raise ConfigError(f"export={train.export}: diffusers' DiTPipeline takes class labels, not text_encoder=")
+    if train.flow_prediction == "sample" and train.sampler == "euler":
+        raise ConfigError(f"export={train.export}: diffusers' flow Euler step reads a velocity; an x-prediction "
+                          "model (flow_prediction=sample) exports with sampler=dpm++")
     if "timestep_freq_shift" not in model_over:
         model_over["timestep_freq_shift"] = 1
         log.info("export=: timestep_freq_shift=1 (diffusers' timestep frequencies, so the exported folder is exact)")

@@ -175,3 +175,24 @@ def test_dit_recipe_on_a_users_image_folder(tmp_path):
     meta = json.loads((tmp_path / "dit" / "model" / "diffusion.json").read_text())
     assert meta["class_names"] == ["left", "right"]
     assert mmfm.build_model(tmp_path / "dit" / "model").config.num_classes == 2
+
+
+def test_diffusion_task_cosine_follows_the_time_budget():
+    """A budgeted DiT run anneals: with `progress` (a BudgetClock's fraction) the LR reaches the cosine's 5% floor
+    when the budget is spent, long before --max-steps; without it, the step count alone sets the LR."""
+    from mmfm.train.diffusion import DiffusionTask
+
+    def lr_after(progress, steps):
+        task = DiffusionTask(mmfm.build_model("dit-test", depth=1), None, lr=1e-3, warmup_steps=2,
+                             total_steps=1000, progress=progress)
+        sched = task.configure_optimizers()["lr_scheduler"]["scheduler"]
+        for _ in range(steps):
+            sched.optimizer.step()
+            sched.step()
+        return sched.get_last_lr()[0]
+
+    spent = {"f": 0.5}
+    assert lr_after(lambda: spent["f"], 5) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))  # half the budget: cos mid
+    spent["f"] = 1.0
+    assert lr_after(lambda: spent["f"], 5) == pytest.approx(5e-5)  # the budget spent: the floor
+    assert lr_after(None, 5) > 9.9e-4  # by steps: 3 of 998 cosine steps

@@ -7,8 +7,8 @@ import torch
 import mmfm
 from mmfm.config import ConfigError
 from mmfm.diffusion import diffusion_loss, load_scheduler_config, make_sampler, sample, save_scheduler
-from mmfm.diffusion.flow import (FlowEulerSampler, flow_interpolate, is_flow_config, logit_normal, make_flow_scheduler,
-                                 shift_sigmas)
+from mmfm.diffusion.flow import (X_PRED_MIN_S, FlowEulerSampler, flow_interpolate, flow_prediction, is_flow_config,
+                                 logit_normal, make_flow_scheduler, shift_sigmas)
 
 
 def _recorder(pred):
@@ -119,7 +119,47 @@ def test_recipe_flow_switch(tmp_path, monkeypatch):
                         "classifier=none"])
     with pytest.raises(ConfigError, match="flow_shift=2.0 goes with prediction_type=flow"):
         dit_train.main(["--out", str(tmp_path / "a"), *TINY_DIT, "flow_shift=2", "classifier=none"])
+    with pytest.raises(ConfigError, match="flow_prediction=sample goes with prediction_type=flow"):
+        dit_train.main(["--out", str(tmp_path / "a"), *TINY_DIT, "flow_prediction=sample", "classifier=none"])
+    with pytest.raises(ConfigError, match="flow prediction 'x0'"):
+        dit_train.main(["--out", str(tmp_path / "a"), *TINY_DIT, "prediction_type=flow", "flow_prediction=x0",
+                        "classifier=none"])
     m = dit_train.main(["--out", str(tmp_path / "f"), *TINY_DIT, "prediction_type=flow", "sampler=euler",
                         "classifier=none", "sample_every=0"])
     assert m["steps"] == 3 and (tmp_path / "f" / "samples.png").is_file()
     assert is_flow_config(load_scheduler_config(tmp_path / "f" / "model"))
+    m = dit_train.main(["--out", str(tmp_path / "x"), *TINY_DIT, "prediction_type=flow", "flow_prediction=sample",
+                        "classifier=none", "sample_every=0"])
+    assert m["steps"] == 3 and flow_prediction(load_scheduler_config(tmp_path / "x" / "model")) == "sample"
+
+
+def test_x_prediction_loss_matches_the_formula():
+    """flow_prediction=sample: the network's x0_hat enters the velocity loss as (x_s - x0_hat) / max(s, 0.05)."""
+    sch = make_flow_scheduler(1.0, prediction="sample")
+    assert flow_prediction(sch.config) == "sample" and flow_prediction(make_flow_scheduler().config) == "velocity"
+    x0 = torch.rand(6, 1, 8, 8) * 2 - 1
+    zero, seen = _recorder(lambda x, t: torch.zeros_like(x))
+    loss = diffusion_loss(zero, sch, x0, generator=torch.Generator().manual_seed(3))
+    s = (seen["t"] / 1000).view(-1, 1, 1, 1)
+    noise = (seen["x"] - (1 - s) * x0) / s
+    torch.testing.assert_close(loss, ((seen["x"] / s.clamp(min=X_PRED_MIN_S) - (noise - x0)) ** 2).mean())
+    oracle, _ = _recorder(lambda x, t: x0)  # the clean image itself: zero loss wherever s >= 0.05
+    keep = torch.Generator().manual_seed(3)
+    assert diffusion_loss(oracle, sch, x0, generator=keep).item() < 1e-10 or (s < X_PRED_MIN_S).any()
+    with pytest.raises(ValueError, match="flow prediction 'eps'"):
+        make_flow_scheduler(prediction="eps")
+
+
+@pytest.mark.parametrize("name", ["euler", "dpm++"])
+def test_oracle_x_prediction_sampling_recovers_the_data(name, tmp_path):
+    """A model that outputs the data x0 (x-prediction) lands on x0 with both samplers, read from a saved config."""
+    x0 = torch.rand(2, 1, 8, 8) * 1.6 - 0.8
+    oracle, _ = _recorder(lambda x, t: x0.expand_as(x))
+    save_scheduler(make_flow_scheduler(2.0, prediction="sample"), tmp_path)
+    cfg = load_scheduler_config(tmp_path)
+    assert flow_prediction(cfg) == "sample"
+    out = sample(oracle, make_sampler(name, cfg), x0.shape, steps=6, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
+    velocity = make_sampler(name, make_flow_scheduler(2.0).config)  # the same outputs read as velocities: not x0
+    wrong = sample(oracle, velocity, x0.shape, steps=6, generator=torch.Generator().manual_seed(0))
+    assert (wrong - x0).abs().max() > 0.1

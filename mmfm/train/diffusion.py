@@ -22,7 +22,8 @@ def label_condition(batch) -> dict:
 
 class DiffusionTask(ShardedTask, L.LightningModule):
     """diffusion_loss(model, scheduler, images, condition(batch)) with condition dropout p_uncond;
-    AdamW (no weight decay on vectors), linear warmup + cosine decay.
+    AdamW (no weight decay on vectors), linear warmup + cosine decay to 5% at `total_steps`, or at the end of a
+    time budget when `progress` (a BudgetClock's fraction) is given, whichever comes first.
 
     Timesteps, noise and condition dropout come from the global generator on the data's device. Under several
     processes every rank starts from the same seed (identical initial weights), so at fit start rank r > 0
@@ -32,9 +33,9 @@ class DiffusionTask(ShardedTask, L.LightningModule):
 
     def __init__(self, model, scheduler, condition: Callable[[tuple], dict] = label_condition, lr: float = 1e-3,
                  weight_decay: float = 0.0, warmup_steps: int = 100, total_steps: int = 1000, p_uncond: float = 0.1,
-                 seed: int = 0):
+                 seed: int = 0, progress: Callable[[], float] | None = None):
         super().__init__()
-        self.model, self.scheduler, self.condition = model, scheduler, condition
+        self.model, self.scheduler, self.condition, self.progress = model, scheduler, condition, progress
         self.lr, self.weight_decay, self.warmup_steps, self.total_steps = lr, weight_decay, warmup_steps, total_steps
         self.p_uncond, self.seed = p_uncond, seed
 
@@ -50,7 +51,8 @@ class DiffusionTask(ShardedTask, L.LightningModule):
 
     def configure_optimizers(self):
         opt = build_optimizer(self.model, self.lr, self.weight_decay, betas=(0.9, 0.99), trainer=self._trainer)
-        return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.warmup_steps, self.total_steps, 0.05)}
+        sched = build_scheduler(opt, self.warmup_steps, self.total_steps, 0.05, self.progress)
+        return {"optimizer": opt, "lr_scheduler": sched}
 
 
 def column_noise(shape_one: tuple, rows: int, seeds: list[int]) -> torch.Tensor:
