@@ -44,6 +44,37 @@ def test_discriminator_switches_on_after_warmup():
     assert torch.isfinite(after["train/d_weight"]) and after["train/d_weight"] >= 0
 
 
+def test_lr_schedule_warms_up_and_reaches_its_floor():
+    task = VAETask(build_vae("vae-test", 1, 16), PatchDiscriminator(1, 8, 2), lr=1e-3, warmup_steps=2,
+                   total_steps=6, min_lr_ratio=0.1)
+    (opt_vae, opt_disc), (sched,) = task.configure_optimizers()
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt_vae.param_groups[0]["lr"])
+        opt_vae.step()
+        sched["scheduler"].step()
+    assert lrs[:3] == pytest.approx([5e-4, 1e-3, 1e-3])  # linear warmup to lr at step 2
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:]))  # then the cosine falls every step
+    assert opt_vae.param_groups[0]["lr"] == pytest.approx(1e-4)  # to lr * min_ratio at total_steps
+    assert opt_disc.param_groups[0]["lr"] == 1e-3 and opt_vae.param_groups[0]["betas"] == (0.5, 0.9)
+    # under a time budget the cosine follows the spent fraction: all of it spent -> the floor at once
+    timed = VAETask(task.vae, task.disc, lr=1e-3, total_steps=10**6, min_lr_ratio=0.1, progress=lambda: 1.0)
+    (opt_vae, _), (sched,) = timed.configure_optimizers()
+    sched["scheduler"].step()
+    assert opt_vae.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_l2_weight_adds_the_mse():
+    task = VAETask(build_vae("vae-test", 1, 16), PatchDiscriminator(1, 8, 2))
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    torch.manual_seed(0)
+    plain, rec, _ = task.generator_loss(x, step=0)
+    task.l2_weight = 0.5
+    torch.manual_seed(0)  # the same posterior sample
+    with_l2, _, _ = task.generator_loss(x, step=0)
+    assert (with_l2 - plain).item() == pytest.approx(0.5 * (rec - x).pow(2).mean().item(), rel=1e-4)
+
+
 def test_reconstruction_metrics_identity():
     class Identity(torch.nn.Module):  # a perfect autoencoder: PSNR infinite, SSIM 1
         def __init__(self):
@@ -71,8 +102,9 @@ def test_vae_recipe_end_to_end(tmp_path, monkeypatch):
     vae_train = load_recipe("vae_train")
     out = tmp_path / "vae"
     m = vae_train.main(["--out", str(out), "--preset", "vae-test", "--max-steps", "4", "disc_start=2", "batch_size=8",
-                        "limit=16", "disc_width=8", "n_show=4"])
+                        "limit=16", "disc_width=8", "n_show=4", "warmup_steps=1", "min_lr_ratio=0.1", "lr=1e-3"])
     assert m["steps"] == 4  # VAE steps; the discriminator's (steps 2 and 3) are not counted
+    assert m["train/lr_end"] == pytest.approx(1e-3 * 0.1)  # the cosine ends at --max-steps
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["test/psnr"] == m["test/psnr"] > 0 and 0 < saved["test/ssim"] <= 1
     assert saved["val/psnr"] > 0 and 0 < saved["val/ssim"] <= 1  # 10 % of the 32 train images, held out
@@ -82,5 +114,7 @@ def test_vae_recipe_end_to_end(tmp_path, monkeypatch):
     assert (out / "reconstructions.png").stat().st_size > 1000
     vae = AutoencoderKL.from_pretrained(out / "model").eval()
     assert vae.config.latent_channels == 4 and compression(vae) == 2
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        vae_train.main(["--out", str(tmp_path / "x"), "--preset", "vae-test", "min_lr_ratio=2"])
     with pytest.raises(ValueError, match="choose a VAE preset"):
         vae_train.main(["--out", str(tmp_path / "x"), "--preset", "dit-test"])

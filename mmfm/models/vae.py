@@ -12,8 +12,10 @@ import torch.nn as nn
 # AutoencoderKL keyword sets; spatial compression = 2 ** (len(block_out_channels) - 1)
 VAE_PRESETS = {
     "vae-test": dict(block_out_channels=(16, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8),
-    # 4x compression: 28x28 -> 7x7x4 latents (the dit-mini-4 images), ~1.4 M parameters
-    "vae-mini": dict(block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4, norm_num_groups=16),
+    # 4x compression: 32x32 -> 8x8x4 latents, 0.92 M parameters; no self-attention in the mid block (at 8x8 it cost
+    # 18 % of a training step on a 2-core CPU, 0.84 -> 0.69 s at batch 32)
+    "vae-mini": dict(block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4, norm_num_groups=16,
+                     mid_block_add_attention=False),
 }
 
 

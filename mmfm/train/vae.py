@@ -6,6 +6,7 @@ import lightning as L
 import torch
 
 from .adversarial import adaptive_weight, gan_factor, hinge_d_loss, hinge_g_loss
+from .optim import build_optimizer, build_scheduler
 
 
 def kl_per_pixel(posterior, images: torch.Tensor) -> torch.Tensor:
@@ -15,29 +16,36 @@ def kl_per_pixel(posterior, images: torch.Tensor) -> torch.Tensor:
 
 
 class VAETask(L.LightningModule):
-    """Manual optimisation, two Adam(0.5, 0.9) optimizers. Generator step: L1 + kl_weight * KL (+ from
-    `disc_start` on, disc_weight * adaptive weight * hinge G loss); discriminator step (from disc_start on):
-    hinge D loss on real images vs the detached reconstructions. global_step counts VAE updates only (the
-    discriminator steps its raw optimizer), so --max-steps means VAE steps as in every recipe."""
+    """Manual optimisation, two Adam optimizers (mmfm's `build_optimizer`, no weight decay). Generator step:
+    L1 + l2_weight * MSE + kl_weight * KL (+ from `disc_start` on, disc_weight * adaptive weight * hinge G loss);
+    discriminator step (from disc_start on): hinge D loss on real images vs the detached reconstructions.
+    The VAE's learning rate follows mmfm's warmup-cosine (`build_scheduler`: linear warmup over `warmup_steps`,
+    cosine to `min_lr_ratio` * lr at `total_steps`, or at the end of a time budget when `progress` is given);
+    the discriminator's stays constant. global_step counts VAE updates only (the discriminator steps its raw
+    optimizer), so --max-steps means VAE steps as in every recipe."""
 
     def __init__(self, vae, disc, lr: float = 2e-4, disc_lr: float | None = None, kl_weight: float = 1e-6,
-                 disc_weight: float = 0.5, disc_start: int = 500):
+                 disc_weight: float = 0.5, disc_start: int = 500, l2_weight: float = 0.0, warmup_steps: int = 0,
+                 total_steps: int = 1, min_lr_ratio: float = 1.0, betas=(0.5, 0.9), progress=None):
         super().__init__()
         self.vae, self.disc = vae, disc
         self.lr, self.disc_lr = lr, disc_lr or lr
-        self.kl_weight, self.disc_weight, self.disc_start = kl_weight, disc_weight, disc_start
+        self.kl_weight, self.disc_weight, self.disc_start, self.l2_weight = kl_weight, disc_weight, disc_start, l2_weight
+        self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
+        self.betas, self.progress = tuple(betas), progress
         self.automatic_optimization = False
 
     def generator_loss(self, x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
         post = self.vae.encode(x).latent_dist
         rec = self.vae.decode(post.sample()).sample  # (B, C, H, W)
         l1 = (rec - x).abs().mean()
+        rec_loss = l1 + self.l2_weight * (rec - x).pow(2).mean() if self.l2_weight else l1
         kl = kl_per_pixel(post, x)
-        loss = l1 + self.kl_weight * kl
+        loss = rec_loss + self.kl_weight * kl
         logs = {"train/l1": l1, "train/kl": kl}
         if gan_factor(step, self.disc_start):
             g = hinge_g_loss(self.disc(rec))
-            w = adaptive_weight(l1, g, self.vae.decoder.conv_out.weight) * self.disc_weight
+            w = adaptive_weight(rec_loss, g, self.vae.decoder.conv_out.weight) * self.disc_weight
             loss = loss + w * g
             logs.update({"train/g_loss": g, "train/d_weight": w})
         return loss, rec, logs
@@ -47,9 +55,11 @@ class VAETask(L.LightningModule):
         opt_vae, opt_disc = self.optimizers()
         step = self.global_step
         loss, rec, logs = self.generator_loss(x, step)
+        logs["train/lr"] = opt_vae.param_groups[0]["lr"]  # this step's
         opt_vae.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt_vae.step()
+        self.lr_schedulers().step()
         if gan_factor(step, self.disc_start):
             d_loss = hinge_d_loss(self.disc(x), self.disc(rec.detach()))
             opt_disc.zero_grad(set_to_none=True)
@@ -61,8 +71,10 @@ class VAETask(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return [torch.optim.Adam(self.vae.parameters(), self.lr, betas=(0.5, 0.9)),
-                torch.optim.Adam(self.disc.parameters(), self.disc_lr, betas=(0.5, 0.9))]
+        opt_vae = build_optimizer(self.vae, self.lr, 0.0, betas=self.betas)
+        opt_disc = build_optimizer(self.disc, self.disc_lr, 0.0, betas=(0.5, 0.9))
+        sched = build_scheduler(opt_vae, self.warmup_steps, self.total_steps, self.min_lr_ratio, self.progress)
+        return [opt_vae, opt_disc], [sched]
 
 
 @torch.no_grad()
