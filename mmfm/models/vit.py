@@ -1,6 +1,7 @@
 """ViT: patch embedding + class token + learned positions + bidirectional stack + pooling + head."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -9,6 +10,7 @@ from timm.layers import resample_abs_pos_embed, trunc_normal_
 
 from ..config import ModelConfig, check, opt
 from ..nn import PatchEmbed, StackConfig, Transformer, build_norm
+from ..nn.embed3d import PatchEmbed3d, resample_pos_3d
 from ..registry import register_family, register_preset
 from .base import Model, init_linear_xavier, stack_params
 
@@ -16,17 +18,19 @@ from .base import Model, init_linear_xavier, stack_params
 PIXELS = ((0.5,), (0.5,))  # (mean, std) of mmfm's ViT convention: pixels in [0, 1] -> [-1, 1]
 
 
-def image_tensor(images, dtype: torch.dtype, mean=PIXELS[0], std=PIXELS[1]) -> torch.Tensor:
+def image_tensor(images, dtype: torch.dtype, mean=PIXELS[0], std=PIXELS[1], spatial_dims: int = 2) -> torch.Tensor:
     """Images as the model's input: uint8 (B, C, H, W) pixels scaled to [0, 1] and normalised with (mean, std);
-    float images (already normalised) cast to the model's dtype; anything else refused by name."""
+    float images (already normalised) cast to the model's dtype; anything else refused by name.
+    spatial_dims=3: volumes (B, C, D, H, W)."""
+    layout = "(B, C, H, W)" if spatial_dims == 2 else "(B, C, D, H, W)"
     if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor (B, C, H, W), got {type(images).__name__}")
-    if images.dim() != 4:
-        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}"
-                         + ("; add the batch dimension with images[None]" if images.dim() == 3 else ""))
+        raise TypeError(f"images must be a torch.Tensor {layout}, got {type(images).__name__}")
+    if images.dim() != 2 + spatial_dims:
+        raise ValueError(f"images must be {layout}, got shape {tuple(images.shape)}"
+                         + ("; add the batch dimension with images[None]" if images.dim() == 1 + spatial_dims else ""))
     if images.dtype == torch.uint8:
-        m = torch.tensor(mean, dtype=dtype, device=images.device).view(1, -1, 1, 1)
-        s = torch.tensor(std, dtype=dtype, device=images.device).view(1, -1, 1, 1)
+        m = torch.tensor(mean, dtype=dtype, device=images.device).view(1, -1, *[1] * spatial_dims)
+        s = torch.tensor(std, dtype=dtype, device=images.device).view(1, -1, *[1] * spatial_dims)
         return (images.to(dtype) / 255 - m) / s
     if not images.dtype.is_floating_point:
         raise TypeError(f"images must be uint8 pixels or normalised floats, got dtype {images.dtype}")
@@ -54,21 +58,33 @@ class ViTConfig(ModelConfig):
     patch_bias: bool = True
     fc_norm: bool = False  # norm after pooling instead of on every token (timm's global_pool="avg" layout)
     ls_init: float | None = None  # layer-scale init (timm's init_values); None: off
+    spatial_dims: int = opt(2, choices=(2, 3))  # 3: volumes (B, C, D, H, W), cubic patches (PatchEmbed3d)
+    img_depth: int = opt(0, lo=0)  # spatial_dims=3: depth (voxels) the position table is laid out for; 0: img_size
 
     def validate(self):
         super().validate()
         check(self.dim % self.n_heads == 0, f"dim={self.dim} must be divisible by n_heads={self.n_heads}")
         check(self.img_size % self.patch_size == 0, f"img_size={self.img_size} not divisible by patch_size={self.patch_size}")
         check(self.pool == "mean" or self.class_token, "pool='cls' needs class_token=True")
+        check(self.spatial_dims == 3 or not self.img_depth, f"img_depth={self.img_depth} needs spatial_dims=3")
+        check((self.img_depth or self.img_size) % self.patch_size == 0,
+              f"img_depth={self.img_depth} not divisible by patch_size={self.patch_size}")
 
     def estimate_params(self) -> int:
-        patch = self.patch_size**2 * self.in_chans * self.dim
-        pos = (self.grid**2 + 1) * self.dim
+        patch = self.patch_size**self.spatial_dims * self.in_chans * self.dim
+        pos = (math.prod(self.grid_shape) + 1) * self.dim
         return patch + pos + stack_params(self.dim, self.depth, self.mlp_ratio, self.mlp) + self.dim * self.num_classes
 
     @property
     def grid(self) -> int:
         return self.img_size // self.patch_size
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        """The position table's token grid: (grid, grid), or (depth, grid, grid) for spatial_dims=3."""
+        if self.spatial_dims == 2:
+            return (self.grid, self.grid)
+        return ((self.img_depth or self.img_size) // self.patch_size, self.grid, self.grid)
 
     def stack(self) -> StackConfig:
         return StackConfig(self.dim, self.depth, self.n_heads, self.mlp_ratio, self.mlp, "layernorm",
@@ -90,11 +106,14 @@ class ViT(Model):
     def __init__(self, config: ViTConfig):
         super().__init__(config)
         c = config
-        self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.dim, bias=c.patch_bias,
-                                      strict_img_size=False, dynamic_img_pad=False)
+        if c.spatial_dims == 3:
+            self.patch_embed = PatchEmbed3d(c.patch_size, c.in_chans, c.dim, bias=c.patch_bias)
+        else:
+            self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.dim, bias=c.patch_bias,
+                                          strict_img_size=False, dynamic_img_pad=False)
         n_prefix = 1 if c.class_token else 0
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim)) if c.class_token else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, c.grid * c.grid + n_prefix, c.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, math.prod(c.grid_shape) + n_prefix, c.dim))
         self.norm_pre = build_norm("layernorm", c.dim, c.norm_eps) if c.pre_norm else nn.Identity()
         self.transformer = Transformer(c.stack())
         self.fc_norm = build_norm("layernorm", c.dim, c.norm_eps) if c.fc_norm else nn.Identity()
@@ -109,29 +128,35 @@ class ViT(Model):
         if isinstance(self.head, nn.Linear):
             nn.init.zeros_(self.head.weight)
 
-    def _pos(self, h: int, w: int) -> torch.Tensor:
+    def _pos(self, *grid: int) -> torch.Tensor:
         """The table for an h x w patch grid (1, n_prefix + h * w, D): timm's bicubic resample of the stored grid,
-        class-token row kept. antialias=False is mmfm's plain bicubic (timm's default antialias=True differs)."""
-        g, n_prefix = self.config.grid, 1 if self.cls_token is not None else 0
-        return resample_abs_pos_embed(self.pos_embed, [h, w], [g, g], num_prefix_tokens=n_prefix, antialias=False)
+        class-token row kept. antialias=False is mmfm's plain bicubic (timm's default antialias=True differs).
+        A d x h x w grid (spatial_dims=3) is resampled trilinearly."""
+        n_prefix = 1 if self.cls_token is not None else 0
+        if len(grid) == 3:
+            return resample_pos_3d(self.pos_embed, grid, self.config.grid_shape, num_prefix_tokens=n_prefix)
+        return resample_abs_pos_embed(self.pos_embed, list(grid), list(self.config.grid_shape),
+                                      num_prefix_tokens=n_prefix, antialias=False)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> tokens (B, n_prefix + N, dim) after the final norm."""
-        images = image_tensor(images, self.patch_embed.proj.weight.dtype)
-        B, C, H, W = images.shape
+        """(B, C, H, W) (or (B, C, D, H, W) with spatial_dims=3) -> tokens (B, n_prefix + N, dim) after the final
+        norm; N = H/p * W/p (or D/p * H/p * W/p) in raster order."""
+        images = image_tensor(images, self.patch_embed.proj.weight.dtype, spatial_dims=self.config.spatial_dims)
+        B, C, *size = images.shape
         if C != self.config.in_chans:
             if C == 1:
-                images = images.expand(B, self.config.in_chans, H, W)
+                images = images.expand(B, self.config.in_chans, *size)
             else:
                 raise ValueError(f"model takes {self.config.in_chans}-channel images, got {C} channels")
         p = self.config.patch_size
-        if H % p or W % p or not H or not W or not B:
-            raise ValueError(f"images must be (B, {self.config.in_chans}, H, W) with B >= 1 and H, W positive and "
-                             f"divisible by the patch size {p}, got shape {tuple(images.shape)}")
+        if any(s % p or not s for s in size) or not B:
+            raise ValueError(f"images must be (B, {self.config.in_chans}, {', '.join('DHW'[-len(size):])}) with "
+                             f"B >= 1 and sides positive and divisible by the patch size {p}, got shape "
+                             f"{tuple(images.shape)}")
         x = self.patch_embed(images)  # (B, N, D)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)  # (B, 1 + N, D)
-        x = self.norm_pre(x + self._pos(H // p, W // p))
+        x = self.norm_pre(x + self._pos(*(s // p for s in size)))
         return self.transformer(x)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -145,7 +170,8 @@ class ViT(Model):
 
     def example_inputs(self, batch_size: int = 2) -> dict:
         c = self.config
-        return {"images": torch.randn(batch_size, c.in_chans, c.img_size, c.img_size)}
+        depth = (c.img_depth or c.img_size,) if c.spatial_dims == 3 else ()
+        return {"images": torch.randn(batch_size, c.in_chans, *depth, c.img_size, c.img_size)}
 
 
 _BASE = ViTConfig()

@@ -228,3 +228,39 @@ class SliceSet(torch.utils.data.Dataset):
                 "label": torch.from_numpy(self.vol.labels[z][None])}
         out = self.transform(item)
         return torch.as_tensor(out["image"]).float(), torch.as_tensor(out["label"]).long()
+
+
+class CropSet3d(torch.utils.data.Dataset):
+    """Training crops (image (1, depth, roi, roi), labels (1, depth, roi, roi)) of `depth` consecutive slices inside
+    ONE training slab (a crop never spans a gap or reaches a held-out slab): item i is start position
+    i % positions, then MONAI pad to the roi, a random in-plane crop and a random left-right flip; `repeat` passes
+    over the start positions per epoch."""
+
+    def __init__(self, vol: SegVolume, slices: np.ndarray, roi: int, depth: int, repeat: int = 1, flip: bool = True):
+        from monai.transforms import Compose, RandFlipd, RandSpatialCropd, SpatialPadd
+
+        runs = slab_of({"train": np.asarray(slices)})["train"]
+        self.starts = np.array([z for first, last in runs for z in range(first, last - depth + 2)], dtype=np.int64)
+        if not len(self.starts):
+            thickest = max(last - first + 1 for first, last in runs)
+            raise ValueError(f"roi_depth={depth}: thicker than every training slab (at most {thickest} slices); "
+                             f"use a smaller roi_depth or a larger train_slab")
+        self.vol, self.depth, self.repeat = vol, depth, repeat
+        keys, size = ("image", "label"), (depth, roi, roi)
+        steps = [SpatialPadd(keys, size), RandSpatialCropd(keys, size, random_size=False)]
+        self.transform = Compose(steps + ([RandFlipd(keys, prob=0.5, spatial_axis=2)] if flip else []))
+
+    def __len__(self):
+        return len(self.starts) * self.repeat
+
+    def slices(self, i: int) -> np.ndarray:
+        """The slice numbers item i is cut from."""
+        z = self.starts[i % len(self.starts)]
+        return np.arange(z, z + self.depth)
+
+    def __getitem__(self, i):
+        z = self.slices(i)
+        item = {"image": torch.from_numpy(self.vol.image[z][None]),  # (1, depth, H, W)
+                "label": torch.from_numpy(self.vol.labels[z][None])}
+        out = self.transform(item)
+        return torch.as_tensor(out["image"]).float(), torch.as_tensor(out["label"]).long()

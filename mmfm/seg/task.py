@@ -54,6 +54,20 @@ def predict_slices(model, images: np.ndarray, roi: int, batch: int = 8, overlap:
     return np.concatenate(out)
 
 
+@torch.no_grad()
+def predict_volume(model, image: np.ndarray, roi, sw_batch: int = 4, overlap: float = 0.25) -> np.ndarray:
+    """A whole volume (Z, H, W) -> predicted classes (Z, H, W) with MONAI's 3-D sliding-window inference over
+    roi = (depth, h, w) windows (Gaussian-weighted where they overlap; sides smaller than the roi are padded).
+    Only images go in: the caller scores the held-out slices of the prediction."""
+    from monai.inferers import sliding_window_inference
+
+    model.eval()
+    x = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(next(model.parameters()).device)  # (1, 1, Z, H, W)
+    logits = sliding_window_inference(x, tuple(roi), sw_batch_size=sw_batch, predictor=model, overlap=overlap,
+                                      mode="gaussian")
+    return logits[0].argmax(0).cpu().numpy()
+
+
 def dice_per_class(pred: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, float]:
     """Dice of each foreground class over the whole stack of slices (one 3-D item), by MONAI's DiceMetric;
     a class absent from both prediction and truth is left out (NaN)."""

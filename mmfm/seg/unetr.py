@@ -1,9 +1,11 @@
-"""UNETR (Hatamizadeh et al. 2022) in 2-D on an mmfm ViT: patch tokens from several blocks become skip features
+"""UNETR (Hatamizadeh et al. 2022) in 2-D or 3-D on an mmfm ViT: patch tokens from several blocks become skip features
 through MONAI's UnetrPrUpBlock (transposed-conv upsampling), the last block's tokens are decoded with MONAI's
 UnetrUpBlock chain, the image itself feeds a UnetrBasicBlock, and UnetOutBlock gives per-pixel logits.
 
 With a patch size of 2^k the decoder has k up-steps; skip s (s = 1 .. k-1, at 1/2^s resolution) comes from block
 `taps[s - 1]`, the bottleneck from the last block (taps default to evenly spaced blocks, as UNETR's 3/6/9/12).
+The spatial dimension is the ViT's (`ViTConfig.spatial_dims`): 3 gives a volumetric UNETR on a ViT with a 3-D
+patch embedding, the same MONAI blocks with spatial_dims=3.
 """
 from __future__ import annotations
 
@@ -35,8 +37,16 @@ def _default_taps(depth: int, k: int) -> tuple[int, ...]:
     return tuple(max(1, round(depth * s / k)) for s in range(1, k))
 
 
-class UNETR2d(nn.Module):
-    """forward(images (B, C, H, W) float) -> logits (B, num_classes, H, W); H, W multiples of the patch size."""
+def token_map(tokens: torch.Tensor, grid) -> torch.Tensor:
+    """ViT tokens (B, n_prefix + prod(grid), D) -> patch-token map (B, D, *grid) for a 2-D or 3-D grid: explain's
+    tokens_to_grid on the rows (d * h) x w, then the rows split back into d x h."""
+    m = tokens_to_grid(tokens, math.prod(grid[:-1]), grid[-1])  # (B, D, d * h, w)
+    return m.reshape(*m.shape[:2], *grid)  # (B, D, *grid)
+
+
+class UNETR(nn.Module):
+    """forward(images (B, C, H, W) float) -> logits (B, num_classes, H, W); H, W multiples of the patch size.
+    On a ViT with spatial_dims=3: (B, C, D, H, W) -> (B, num_classes, D, H, W)."""
 
     def __init__(self, cfg: UNETRConfig, vit: ViT):
         super().__init__()
@@ -52,7 +62,8 @@ class UNETR2d(nn.Module):
         cfg.taps, cfg.vit = taps, vit.config.to_dict()
         self.config, self.vit = cfg, vit
         vit.head = nn.Identity()
-        f, common = cfg.feature_size, dict(spatial_dims=2, norm_name=cfg.norm_name)
+        dims = vit.config.spatial_dims
+        f, common = cfg.feature_size, dict(spatial_dims=dims, norm_name=cfg.norm_name)
         self.stem = UnetrBasicBlock(in_channels=vit.config.in_chans, out_channels=f, kernel_size=3, stride=1,
                                     res_block=cfg.res_block, **common)
         # skip s at 1/2^s: k - s transposed-conv up-steps from the 1/p token grid (num_layer = k - s - 1 extra)
@@ -65,7 +76,7 @@ class UNETR2d(nn.Module):
             UnetrUpBlock(in_channels=dim if s == k - 1 else f * 2**(s + 1), out_channels=f * 2**s, kernel_size=3,
                          upsample_kernel_size=2, res_block=cfg.res_block, **common)
             for s in reversed(range(k))])
-        self.out = UnetOutBlock(spatial_dims=2, in_channels=f, out_channels=cfg.num_classes)
+        self.out = UnetOutBlock(spatial_dims=dims, in_channels=f, out_channels=cfg.num_classes)
 
     def hidden_states(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Tokens (B, n_prefix + N, D) after each block (forward hooks on the ViT's blocks); the last one after
@@ -80,10 +91,9 @@ class UNETR2d(nn.Module):
         return states[:-1] + [final]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        B, _, H, W = images.shape
         p = self.vit.config.patch_size
         states = self.hidden_states(images)
-        grid = [tokens_to_grid(s, H // p, W // p) for s in states]  # (B, D, H/p, W/p) each
+        grid = [token_map(s, [n // p for n in images.shape[2:]]) for s in states]  # (B, D, H/p, W/p) each
         skips = [self.stem(images)] + [blk(grid[t - 1]) for blk, t in zip(self.skips, self.config.taps)]
         x = grid[-1]
         for up, skip in zip(self.ups, reversed(skips)):
@@ -91,13 +101,16 @@ class UNETR2d(nn.Module):
         return self.out(x)
 
 
-def build_unetr(cfg: UNETRConfig, vit: ViT | None = None) -> UNETR2d:
+UNETR2d = UNETR  # the name of the 2-D-only version
+
+
+def build_unetr(cfg: UNETRConfig, vit: ViT | None = None) -> UNETR:
     """A UNETR on `vit` (or a fresh ViT from cfg.vit)."""
     if vit is None:
         if not cfg.vit:
             raise ValueError("build_unetr needs a ViT or cfg.vit (a ViTConfig dict)")
         vit = ViT(ViTConfig.from_dict(cfg.vit))
-    return UNETR2d(cfg, vit)
+    return UNETR(cfg, vit)
 
 
 def save_segmenter(model: nn.Module, meta: dict, folder) -> Path:
@@ -128,5 +141,5 @@ def load_segmenter(folder) -> tuple[nn.Module, dict]:
     return model.eval(), meta
 
 
-def unetr_meta(model: UNETR2d, classes: list[str]) -> dict:
+def unetr_meta(model: UNETR, classes: list[str]) -> dict:
     return {"kind": "unetr", "config": asdict(model.config), "classes": classes}
