@@ -3,6 +3,7 @@
     python recipes/dit_train.py                                   # 20 classes, CPU, <= 15 min, runs/dit
     python recipes/dit_train.py prediction_type=v_prediction depth=4 --max-steps 500 --out runs/dit_v
     python recipes/dit_train.py prediction_type=flow sampler=euler --out runs/dit_flow   # rectified flow
+    python recipes/dit_train.py prediction_type=flow flow_prediction=sample --out runs/dit_xflow   # it predicts x0
     python recipes/dit_train.py --preset dit-mini-4 text_encoder=runs/clip/model --out runs/dit_text
     python recipes/dit_train.py vae=runs/vae/model --out runs/gen_latent     # on the latents of recipes/vae_train.py
     python recipes/dit_train.py vae=runs/vae/model export=runs/gen_latent/pipeline   # + a diffusers DiTPipeline folder
