@@ -1,5 +1,6 @@
-"""Class-conditional GAN (DCGAN generator, spectral-norm projection discriminator, hinge loss) on the DiT's data:
-the real 28x28 MNIST-5k digits + animal silhouettes, 20 classes, scored by the DiT's judge.
+"""Class-conditional GAN (DCGAN generator, spectral-norm projection discriminator + auxiliary classifier, hinge
+loss) on the DiT's data: the real 28x28 MNIST-5k digits + animal silhouettes, 20 classes, scored by the DiT's
+judge.
 
     python recipes/gan_train.py                                   # gan-mini, CPU, <= 10 min, runs/gan
     python recipes/gan_train.py g_width=128 n_dis=2 max_minutes=5 --out runs/gan_wide
@@ -45,6 +46,7 @@ class GANTrain:
     beta1: float = opt(0.5, lo=0.0, lt=1.0)  # Adam betas (SNGAN's standard-CNN setting: 0.5, 0.9)
     beta2: float = opt(0.9, lo=0.0, lt=1.0)
     n_dis: int = opt(1, lo=1)  # discriminator steps per generator step
+    aux_weight: float = opt(1.0, lo=0.0)  # AC-GAN classifier term beside the projection (mmfm.train.gan); 0: off
     ema_decay: float = opt(0.999, lo=0.0, lt=1.0)  # the saved and scored generator is this EMA of the weights
     classifier: str | None = "runs/vit/model"  # the DiT's quality judge (recipes/vit_classify.py); none: skip
     eval_seed: int = 0
@@ -83,7 +85,8 @@ def main(argv=None):
     disc = Discriminator(generator.config)
     log.info("%s: %d generator + %d discriminator params, %d train images, classes %s", args.preset,
              generator.num_params(), sum(p.numel() for p in disc.parameters()), len(data.labels), data.class_names)
-    task = GANTask(generator, disc, train.lr, train.d_lr, (train.beta1, train.beta2), train.n_dis)
+    task = GANTask(generator, disc, train.lr, train.d_lr, (train.beta1, train.beta2), train.n_dis,
+                   train.aux_weight)
     loader = resumable_loader(TensorDataset(data.images, data.labels), train.batch_size, args.seed)
     ema = EMA(train.ema_decay, attr="generator")
     hist = LossHistory(args.out, prefixes=("train/d_loss", "train/g_loss"), title="GAN hinge losses")

@@ -105,12 +105,28 @@ class Generator(Model):
                 "y": torch.arange(batch_size) % self.config.num_classes}
 
 
+def projection_embedding(num_classes: int, dim: int) -> nn.Embedding:
+    """The projection discriminator's class embedding at nn.Linear's default scale, U(+-1 / sqrt(dim)) (the
+    linear head's), not nn.Embedding's N(0, 1): initialised before spectral norm wraps it, so the norm's power
+    iteration starts on these weights (see Discriminator)."""
+    embed = nn.Embedding(num_classes, dim)
+    nn.init.uniform_(embed.weight, -dim ** -0.5, dim ** -0.5)
+    return embed
+
+
 class Discriminator(nn.Module):
     """Spectral-norm CNN (3x3, 4x4 stride 2, 3x3, 4x4 stride 2, 3x3; LeakyReLU 0.1, SNGAN's standard CNN) ->
-    spatial mean h (B, 4w) -> logit = linear(h) + <embed(y), h> (the projection discriminator). The mean, not
-    the sum of SNGAN's ResNet head: summed over 7 x 7 positions, the logits had 49x the gain for the same
-    spectral norms, D pushed every sample past the hinge margin within 9 steps (loss exactly 0, no gradient)
-    and froze there while G collapsed (docs/generative.md, "Measured in round five")."""
+    spatial mean h (B, 4w) -> logit = linear(h) + <embed(y), h> (the projection discriminator), plus
+    `classify(h)`, an auxiliary classifier head over the same features (AC-GAN; used by GANTask's aux term).
+    The mean, not the sum of SNGAN's ResNet head: summed over 7 x 7 positions, the logits had 49x the gain for
+    the same spectral norms, D pushed every sample past the hinge margin within 9 steps (loss exactly 0, no
+    gradient) and froze there while G collapsed (docs/generative.md, "Measured in round five").
+
+    Spectral norm makes a weight's scale irrelevant to its output but not to its training: Adam moves each raw
+    entry by about lr per step, so the normalised weight turns by lr / rms(raw). nn.Embedding's N(0, 1) init
+    left the projection embedding turning ~20x slower than the linear head beside it (frozen near its random
+    init: 0.4 % moved after 50 steps, D's projection at chance on real digits), so `projection_embedding`
+    starts it at the linear head's scale (round eight, docs/generative.md)."""
 
     def __init__(self, config: GANConfig):
         super().__init__()
@@ -121,11 +137,20 @@ class Discriminator(nn.Module):
             layers += [spectral_norm(nn.Conv2d(cin, cout, k, stride, 1)), nn.LeakyReLU(0.1, inplace=True)]
         self.net = nn.Sequential(*layers)
         self.linear = spectral_norm(nn.Linear(4 * w, 1))
-        self.embed = spectral_norm(nn.Embedding(config.num_classes, 4 * w))
+        self.embed = spectral_norm(projection_embedding(config.num_classes, 4 * w))
+        self.classifier = nn.Linear(4 * w, config.num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).mean(dim=(2, 3))  # (B, 4w, H/4, W/4) -> (B, 4w): the mean (see above)
+
+    def head(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)  # (B,)
+
+    def classify(self, h: torch.Tensor) -> torch.Tensor:
+        return self.classifier(h)  # (B, num_classes) class logits from features(x)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.net(x).mean(dim=(2, 3))  # (B, 4w, H/4, W/4) -> (B, 4w): the mean (see above)
-        return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)  # (B,)
+        return self.head(self.features(x), y)  # (B,)
 
 
 _BASE = GANConfig()
