@@ -74,6 +74,10 @@ class SegTrain:
         return self.roi_depth or 8
 
     @property
+    def batch(self) -> int:
+        return self.batch_size or (8 if self.dims == 2 else 2)
+
+    @property
     def window(self) -> tuple[int, ...]:
         """The crop / sliding-window size: (roi, roi) or (depth, roi, roi)."""
         return (self.roi,) * 2 if self.dims == 2 else (self.crop_depth, self.roi, self.roi)
@@ -173,7 +177,7 @@ def main(argv=None):
         torch.manual_seed(args.seed)  # the same crops and batches for both models
         crops = (SliceSet(vol, split["train"], train.roi, repeat=64) if train.dims == 2 else
                  CropSet3d(vol, split["train"], train.roi, train.crop_depth, repeat=64))
-        loader = resumable_loader(crops, train.batch_size or (8 if train.dims == 2 else 2), args.seed)
+        loader = resumable_loader(crops, train.batch, args.seed)
         started = timer.elapsed
         net = fit(args, train, net, loader, name, f"{name} on {vol.name}")
         m, preds[name] = evaluate(net, vol, split, train.window, baseline=name != "unetr")

@@ -207,27 +207,36 @@ def slab_of(split: dict[str, np.ndarray]) -> dict[str, list[tuple[int, int]]]:
     return runs
 
 
+def _crop_transform(size: tuple[int, ...], flip: bool):
+    """MONAI pad to `size`, a random crop of `size`, and (flip) a random left-right flip (the last axis)."""
+    from monai.transforms import Compose, RandFlipd, RandSpatialCropd, SpatialPadd
+
+    keys = ("image", "label")
+    steps = [SpatialPadd(keys, size), RandSpatialCropd(keys, size, random_size=False)]
+    return Compose(steps + ([RandFlipd(keys, prob=0.5, spatial_axis=len(size) - 1)] if flip else []))
+
+
+def _cut(vol: SegVolume, z, transform) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slice(s) z of the volume's image and labels with a channel axis, through `transform` -> (image, labels)."""
+    item = {"image": torch.from_numpy(vol.image[z][None]),  # (1, H, W) or (1, depth, H, W)
+            "label": torch.from_numpy(vol.labels[z][None])}
+    out = transform(item)
+    return torch.as_tensor(out["image"]).float(), torch.as_tensor(out["label"]).long()
+
+
 class SliceSet(torch.utils.data.Dataset):
     """Training slices as (image (1, roi, roi), labels (1, roi, roi)): MONAI pad to the roi, random crop and random
     left-right flip; `repeat` passes over the slices per epoch."""
 
     def __init__(self, vol: SegVolume, slices: np.ndarray, roi: int, repeat: int = 1, flip: bool = True):
-        from monai.transforms import Compose, RandFlipd, RandSpatialCropd, SpatialPadd
-
         self.vol, self.slices, self.repeat = vol, np.asarray(slices), repeat
-        keys = ("image", "label")
-        steps = [SpatialPadd(keys, (roi, roi)), RandSpatialCropd(keys, (roi, roi), random_size=False)]
-        self.transform = Compose(steps + ([RandFlipd(keys, prob=0.5, spatial_axis=1)] if flip else []))
+        self.transform = _crop_transform((roi, roi), flip)
 
     def __len__(self):
         return len(self.slices) * self.repeat
 
     def __getitem__(self, i):
-        z = self.slices[i % len(self.slices)]
-        item = {"image": torch.from_numpy(self.vol.image[z][None]),  # (1, H, W)
-                "label": torch.from_numpy(self.vol.labels[z][None])}
-        out = self.transform(item)
-        return torch.as_tensor(out["image"]).float(), torch.as_tensor(out["label"]).long()
+        return _cut(self.vol, self.slices[i % len(self.slices)], self.transform)
 
 
 class CropSet3d(torch.utils.data.Dataset):
@@ -237,8 +246,6 @@ class CropSet3d(torch.utils.data.Dataset):
     over the start positions per epoch."""
 
     def __init__(self, vol: SegVolume, slices: np.ndarray, roi: int, depth: int, repeat: int = 1, flip: bool = True):
-        from monai.transforms import Compose, RandFlipd, RandSpatialCropd, SpatialPadd
-
         runs = slab_of({"train": np.asarray(slices)})["train"]
         self.starts = np.array([z for first, last in runs for z in range(first, last - depth + 2)], dtype=np.int64)
         if not len(self.starts):
@@ -246,9 +253,7 @@ class CropSet3d(torch.utils.data.Dataset):
             raise ValueError(f"roi_depth={depth}: thicker than every training slab (at most {thickest} slices); "
                              f"use a smaller roi_depth or a larger train_slab")
         self.vol, self.depth, self.repeat = vol, depth, repeat
-        keys, size = ("image", "label"), (depth, roi, roi)
-        steps = [SpatialPadd(keys, size), RandSpatialCropd(keys, size, random_size=False)]
-        self.transform = Compose(steps + ([RandFlipd(keys, prob=0.5, spatial_axis=2)] if flip else []))
+        self.transform = _crop_transform((depth, roi, roi), flip)
 
     def __len__(self):
         return len(self.starts) * self.repeat
@@ -259,8 +264,4 @@ class CropSet3d(torch.utils.data.Dataset):
         return np.arange(z, z + self.depth)
 
     def __getitem__(self, i):
-        z = self.slices(i)
-        item = {"image": torch.from_numpy(self.vol.image[z][None]),  # (1, depth, H, W)
-                "label": torch.from_numpy(self.vol.labels[z][None])}
-        out = self.transform(item)
-        return torch.as_tensor(out["image"]).float(), torch.as_tensor(out["label"]).long()
+        return _cut(self.vol, self.slices(i), self.transform)
