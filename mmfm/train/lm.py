@@ -11,6 +11,7 @@ from ..config import opt
 from ..losses.lm import lm_loss
 from .budget import BudgetClock
 from .optim import MUON_LR, OPTIMIZERS, build_optimizer, build_scheduler, maybe_compile
+from .muon import NS_DTYPES
 from .strategies import ShardedTask
 
 
@@ -26,6 +27,7 @@ class LMTrainConfig:
     weight_decay: float = opt(0.1, lo=0.0)
     optimizer: str = opt("adamw", choices=OPTIMIZERS)  # muon: Muon for the stack's matrices, AdamW for the rest
     muon_lr: float = opt(MUON_LR, gt=0.0)  # Muon's peak lr (optimizer=muon only); the schedule scales it with lr
+    muon_ns: str = opt("auto", choices=NS_DTYPES)  # Newton-Schulz dtype (optimizer=muon): auto = bf16 on CUDA/AMX
     beta1: float = opt(0.9, lo=0.0, lt=1.0)
     beta2: float = opt(0.99, lo=0.0, lt=1.0)
     grad_clip: float = opt(1.0, lo=0.0)
@@ -50,6 +52,8 @@ class LMTask(ShardedTask, L.LightningModule):
         self.model, self.cfg, self.max_steps = model, cfg, max_steps
         if cfg.optimizer != "muon" and cfg.muon_lr != MUON_LR:
             raise ValueError(f"muon_lr={cfg.muon_lr} is used by optimizer=muon only (optimizer={cfg.optimizer})")
+        if cfg.optimizer != "muon" and cfg.muon_ns != "auto":
+            raise ValueError(f"muon_ns={cfg.muon_ns} is used by optimizer=muon only (optimizer={cfg.optimizer})")
         self.clock = clock if clock is not None else BudgetClock(cfg.time_budget_s)
         if self.clock.budget_s != (cfg.time_budget_s or 0.0):
             raise ValueError(f"the clock's budget ({self.clock.budget_s} s) differs from "
@@ -75,7 +79,7 @@ class LMTask(ShardedTask, L.LightningModule):
     def configure_optimizers(self):
         c = self.cfg
         opt = build_optimizer(self.model, c.lr, c.weight_decay, betas=(c.beta1, c.beta2), trainer=self._trainer,
-                              optimizer=c.optimizer, muon_lr=c.muon_lr)
+                              optimizer=c.optimizer, muon_lr=c.muon_lr, muon_ns=c.muon_ns)
         progress = self.clock.fraction if c.time_budget_s else None
         return {"optimizer": opt,
                 "lr_scheduler": build_scheduler(opt, c.warmup_steps, self.max_steps, c.min_lr / c.lr if c.lr else 0.0,

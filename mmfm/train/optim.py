@@ -8,6 +8,8 @@ from typing import Callable
 
 import torch
 
+from .muon import Muon
+
 # leaf names (the part after the last ".") of gains and temperatures, which never get weight decay
 NO_DECAY_NAMES = frozenset({"logit_scale", "gain", "gamma", "temperature"})
 
@@ -32,15 +34,36 @@ def decays(model: torch.nn.Module, name: str, p: torch.Tensor, by_name_only: boo
     return by_name_only or p.dim() >= 2
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: torch.nn.Module, weight_decay: float, lr_scale: dict[str, float] | None = None) -> list[dict]:
     """[{decayed params, weight_decay}, {the rest, 0.0}], trainable parameters only, a shared (tied) parameter
-    once. Decided by name on the module's own parameters (see `decays`)."""
+    once. Decided by name on the module's own parameters (see `decays`). With `lr_scale` ({submodule path:
+    multiplier}, e.g. {"backbone.body": 0.1}), the parameters under each path (the longest matching path wins)
+    form their own decay / no-decay pair with "lr_scale" set, which `build_optimizer` multiplies the lr by."""
+    scales = _checked_scales(model, lr_scale or {})
     flat = _is_wrapped_by_fsdp(model)
-    decay, no_decay = [], []
+    pairs = {path: ([], []) for path in ("", *scales)}
     for name, p in model.named_parameters():  # remove_duplicate=True: tied weights appear once
         if p.requires_grad:
+            path = max((q for q in scales if name.startswith(q + ".")), key=len, default="")
+            decay, no_decay = pairs[path]
             (decay if decays(model, name, p, by_name_only=flat) else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = []
+    for path, (decay, no_decay) in pairs.items():
+        extra = {"lr_scale": scales[path]} if path else {}
+        groups += [{"params": decay, "weight_decay": weight_decay, **extra},
+                   {"params": no_decay, "weight_decay": 0.0, **extra}]
+    return groups
+
+
+def _checked_scales(model: torch.nn.Module, lr_scale: dict[str, float]) -> dict[str, float]:
+    for path, scale in lr_scale.items():
+        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+            raise ValueError(f"lr_scale[{path!r}]={scale!r}: must be a finite number > 0")
+        try:
+            model.get_submodule(path)
+        except AttributeError:
+            raise ValueError(f"lr_scale: {type(model).__name__} has no submodule {path!r}") from None
+    return {path: float(scale) for path, scale in lr_scale.items()}
 
 
 OPTIMIZERS = ("adamw", "muon")
@@ -49,21 +72,33 @@ MUON_LR = 0.02  # Keller Jordan's Muon default for hidden matrices (torch's "ori
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
                     eps: float = 1e-8, fused: bool | None = None, trainer=None, optimizer: str = "adamw",
-                    muon_lr: float = MUON_LR) -> torch.optim.Optimizer:
+                    muon_lr: float = MUON_LR, muon_ns: str = "auto",
+                    lr_scale: dict[str, float] | None = None) -> torch.optim.Optimizer:
     """AdamW over `param_groups`; the fused kernel when every parameter is on cpu or cuda (unless `fused` says),
     except under a mixed-precision `trainer` that clips gradients: Lightning refuses to clip a fused optimizer's
     gradients there (it unscales them inside its step), so that run gets the unfused kernel.
 
     optimizer="muon": torch.optim.Muon at `muon_lr` for the hidden matrices (`muon_params`) and the AdamW above for
-    everything else (embeddings, head, norms, biases), as one `MuonAdamW` (see there)."""
+    everything else (embeddings, head, norms, biases), as one `MuonAdamW` (see there). `muon_ns` is the dtype of
+    Muon's Newton-Schulz iteration (`mmfm.train.muon`: "auto" = bf16 on CUDA and AMX CPUs, fp32 on other CPUs).
+
+    lr_scale={submodule path: multiplier}: those parameters train at lr x multiplier (e.g. a pretrained backbone
+    at 0.1 x the lr of a fresh head); schedulers scale every group's lr by the same factor (AdamW only)."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer={optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
     if optimizer != "muon" and muon_lr != MUON_LR:
         raise ValueError(f"muon_lr={muon_lr} is used by optimizer='muon' only (optimizer={optimizer!r})")
+    if optimizer != "muon" and muon_ns != "auto":
+        raise ValueError(f"muon_ns={muon_ns!r} is used by optimizer='muon' only (optimizer={optimizer!r})")
     if not muon_lr > 0:
         raise ValueError(f"muon_lr must be > 0, got {muon_lr}")
+    if lr_scale and optimizer != "adamw":
+        raise ValueError(f"lr_scale is for optimizer='adamw' only (optimizer={optimizer!r})")
     hidden = muon_params(model) if optimizer == "muon" else set()
-    groups = [{**g, "params": [p for p in g["params"] if p not in hidden]} for g in param_groups(model, weight_decay)]
+    groups = [{**g, "params": [p for p in g["params"] if p not in hidden]}
+              for g in param_groups(model, weight_decay, lr_scale)]
+    for g in groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
     if fused is None:
         params = [p for g in groups for p in g["params"]]
         fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
@@ -72,8 +107,8 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0
     if optimizer == "adamw":
         return adamw
     # Muon's decoupled decay shrinks by lr * wd per step: the same shrink per step as AdamW gives its matrices
-    muon = torch.optim.Muon([p for p in model.parameters() if p in hidden], lr=muon_lr,
-                            weight_decay=weight_decay * lr / muon_lr)
+    muon = Muon([p for p in model.parameters() if p in hidden], lr=muon_lr,
+                weight_decay=weight_decay * lr / muon_lr, ns_dtype=muon_ns)
     return MuonAdamW(muon, adamw)
 
 
@@ -165,10 +200,10 @@ def build_scheduler(opt: torch.optim.Optimizer, warmup: int, total: int, min_rat
 
 
 def adamw_warmup_cosine(model: torch.nn.Module, lr: float, weight_decay: float, warmup: int, total: int,
-                        min_ratio: float = 0.0, trainer=None) -> dict:
-    """What a task's configure_optimizers returns for AdamW (build_optimizer) under warmup-cosine
-    (build_scheduler)."""
-    opt = build_optimizer(model, lr, weight_decay, trainer=trainer)
+                        min_ratio: float = 0.0, trainer=None, lr_scale: dict[str, float] | None = None) -> dict:
+    """What a task's configure_optimizers returns for AdamW (build_optimizer, `lr_scale` per submodule) under
+    warmup-cosine (build_scheduler)."""
+    opt = build_optimizer(model, lr, weight_decay, trainer=trainer, lr_scale=lr_scale)
     return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, warmup, total, min_ratio)}
 
 
