@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,7 +47,8 @@ from mmfm.train.recipe import checkpoint_to_resume, write_metrics
 log = logging.getLogger("detect")
 DEFAULT_PRESET = "vit-mini"
 DEFAULT_STEPS = 300  # detection steps per backbone (docs/vision_tasks.md sizes both stages to 15 minutes)
-DEFAULT_PRETRAIN = 300  # classification steps (batch 128) per backbone on the train-split sources before detection
+DEFAULT_PRETRAIN = "vit:900,resnet18:150"  # classification steps (batch 128) on the train-split sources first
+DEFAULT_LR_SCALE = 1.0  # detection lr multiplier of the pretrained trunk
 FIXED = ("img_size", "in_chans", "num_classes")  # set by the canvases, not by overrides
 
 
@@ -59,10 +61,13 @@ class DetectTrain:
     warmup_steps: int = opt(50, lo=0)
     augment: bool = False  # random shift/zoom of training canvases with their boxes (mmfm.detect.augmentation);
     # off by default: every training canvas is a fresh draw (n_train > steps x batch), so it only costs time
-    pretrain_steps: int = opt(DEFAULT_PRETRAIN, lo=0)  # classification steps on TRAIN-split source crops first; 0: none
+    pretrain_steps: int | str = DEFAULT_PRETRAIN  # classification steps on TRAIN-split source crops first (0: none);
+    # one count for every backbone or per backbone, "vit:900,resnet18:150" (see per_backbone)
     pretrain_batch: int = opt(128, lo=1)
     pretrain_lr: float = opt(2e-3, gt=0.0)
     pretrain_side: int = opt(32, lo=16)  # crop side; the object side is drawn in [min_scale, min(max_scale, side)]
+    backbone_lr_scale: float | str = DEFAULT_LR_SCALE  # the trunk's detection lr = lr x this (pyramid and head: lr);
+    # one number or per backbone, "vit:0.5,resnet18:0.1"
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     progress: bool = True
 
@@ -88,16 +93,48 @@ def make_vit(preset: str, canvas: CanvasConfig, overrides: dict) -> ViT:
     return vit
 
 
-def pretrain(args, train: DetectTrain, canvas: CanvasConfig, cfg: DetectorConfig, model, sources, name: str) -> dict:
-    """Classify crops of the TRAIN-split sources for pretrain_steps steps (mmfm's ClassifyTask) on a copy of the
+def per_backbone(key: str, value, names: list[str], cast=int, lo: float = 0, gt: bool = False) -> dict:
+    """{short name: value} for each backbone of the run (short names: vit, resnet18): `value` is one number for
+    all, or "name:value,..." with an entry for every backbone of the run (vit, resnet18 or timm:resnet18; entries
+    for backbones this run does not train are allowed and unused). Bad input raises ConfigError naming `key`."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        table = {n: value for n in names}
+    else:
+        table = {}
+        for part in filter(None, (p.strip() for p in str(value).split(","))):
+            name, sep, number = part.rpartition(":")
+            short = name.split(":")[-1].strip()
+            if not sep or not short or short in table:
+                raise ConfigError(f"{key}={value!r}: write one number or 'name:value,...' naming each backbone once "
+                                  f"(backbones here: {', '.join(names)})")
+            try:
+                table[short] = float(number)
+            except ValueError:
+                raise ConfigError(f"{key}={value!r}: {number!r} is not a number") from None
+        missing = [n for n in names if n not in table]
+        if missing:
+            raise ConfigError(f"{key}={value!r} has no value for backbone(s) {', '.join(missing)}")
+    out = {}
+    for n in names:
+        v = table[n]
+        if not (math.isfinite(v) and (v > lo if gt else v >= lo) and (cast is not int or v == int(v))):
+            raise ConfigError(f"{key}: {n}={v!r} must be {'an integer ' if cast is int else 'a number '}"
+                              f"{'>' if gt else '>='} {lo}")
+        out[n] = cast(v)
+    return out
+
+
+def pretrain(args, train: DetectTrain, canvas: CanvasConfig, cfg: DetectorConfig, model, sources, name: str,
+             steps: int) -> dict:
+    """Classify crops of the TRAIN-split sources for `steps` steps (mmfm's ClassifyTask) on a copy of the
     detector's backbone, then copy its weights into the detector. Returns its accuracy on val-split crops."""
     side = train.pretrain_side
     vit = copy.deepcopy(model.backbone.vit) if cfg.backbone == "vit" else None
     clf = source_classifier(cfg.backbone, cfg.num_classes, vit=vit, side=side)
     scales = (canvas.min_scale, min(canvas.max_scale, side))
-    crops = SourceCrops(sources["train"], train.pretrain_steps * train.pretrain_batch, side, scales, args.seed)
+    crops = SourceCrops(sources["train"], steps * train.pretrain_batch, side, scales, args.seed)
     run = copy.copy(args)
-    run.out, run.max_steps = str(Path(args.out) / name / "pretrain"), train.pretrain_steps
+    run.out, run.max_steps = str(Path(args.out) / name / "pretrain"), steps
     task = ClassifyTask(clf, train.pretrain_lr, train.weight_decay, min(train.warmup_steps, run.max_steps // 5),
                         run.max_steps)
     trainer = make_trainer(run, enable_progress_bar=train.progress, limit_val_batches=0)
@@ -108,12 +145,12 @@ def pretrain(args, train: DetectTrain, canvas: CanvasConfig, cfg: DetectorConfig
     return {f"pretrain_val_acc/{name}": round((classify(clf, x).argmax(-1) == y).float().mean().item(), 4)}
 
 
-def train_one(args, train: DetectTrain, cfg: DetectorConfig, model, sets, name: str):
-    """Fit one detector for --max-steps steps; returns it (on the CPU)."""
+def train_one(args, train: DetectTrain, cfg: DetectorConfig, model, sets, name: str, lr_scale: float = 1.0):
+    """Fit one detector for --max-steps steps, its trunk at lr x lr_scale; returns it (on the CPU)."""
     run = copy.copy(args)
     run.out = str(Path(args.out) / name)
     loader = resumable_loader(sets["train"], train.batch_size, args.seed, drop_last=False, collate_fn=collate)
-    task = DetectTask(model, train.lr, train.weight_decay, train.warmup_steps, args.max_steps)
+    task = DetectTask(model, train.lr, train.weight_decay, train.warmup_steps, args.max_steps, lr_scale)
     trainer = make_trainer(run, callbacks=[LossHistory(run.out, title=f"FCOS on {cfg.backbone}")],
                            enable_progress_bar=train.progress, limit_val_batches=0)
     resume = checkpoint_to_resume(str(Path(args.resume) / name)) if args.resume else None
@@ -146,6 +183,9 @@ def main(argv=None):
     names = [b.strip() for b in train.backbones.split(",") if b.strip()]
     if not names or len({n.split(":")[-1] for n in names}) != len(names):
         raise ConfigError(f"backbones={train.backbones!r}: one or more distinct names (vit, timm:NAME)")
+    shorts = [n.split(":")[-1] for n in names]  # vit, resnet18: the folder, picture and metric-key names
+    pre_steps = per_backbone("pretrain_steps", train.pretrain_steps, shorts)
+    lr_scales = per_backbone("backbone_lr_scale", train.backbone_lr_scale, shorts, float, gt=True)
     if train.threads:
         torch.set_num_threads(train.threads)
     torch.manual_seed(args.seed)
@@ -154,20 +194,20 @@ def main(argv=None):
     sets = canvas_sets(canvas, args.seed, augment=train.augment, sources=sources)
     metrics = {"canvas": asdict(canvas), "max_steps": args.max_steps, "backbones": names}
     out = Path(args.out)
-    for i, name in enumerate(names):
+    for i, (name, short) in enumerate(zip(names, shorts)):
         cfg = DetectorConfig(**{**routed["detector"], "backbone": name, "img_size": canvas.size, "in_chans": 1,
                                 "num_classes": len(CLASS_NAMES)})
         vit = make_vit(args.preset, canvas, routed["model"]) if name == "vit" else None
-        short = name.split(":")[-1]  # vit, resnet18: the folder, picture and metric-key name
         started = timer.elapsed
         model = build_detector(cfg, vit)
-        pre = pretrain(args, train, canvas, cfg, model, sources, short) if train.pretrain_steps else {}
+        pre = pretrain(args, train, canvas, cfg, model, sources, short, pre_steps[short]) if pre_steps[short] else {}
         pre_s = round(timer.elapsed - started, 1)
-        model, steps = train_one(args, train, cfg, model, sets, short)
+        model, steps = train_one(args, train, cfg, model, sets, short, lr_scales[short])
         save_detector(model, cfg, out / short)
         m = {**pre, **evaluate(model, sets, short, out)}
         m.update({f"train_s/{short}": round(timer.elapsed - started, 1), f"pretrain_s/{short}": pre_s,
-                  f"steps/{short}": steps, f"pretrain_steps/{short}": train.pretrain_steps})
+                  f"steps/{short}": steps, f"pretrain_steps/{short}": pre_steps[short],
+                  f"backbone_lr_scale/{short}": lr_scales[short]})
         if i == 0:
             m.update({f"{s}/{k}": m[f"{s}/{short}/{k}"] for s in ("val", "test") for k in ("map", "map_50")})
         metrics.update(m)

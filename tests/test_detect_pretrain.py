@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmfm.config import ConfigError
 from mmfm.detect import (CanvasConfig, DetectorConfig, SourceCrops, build_detector, default_vit, init_from_classifier,
                          source_classifier, split_sources)
 
@@ -85,3 +86,61 @@ def test_recipe_pretrains_on_train_sources_then_detects(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="pretrain_steps"):
         recipe.main(["--out", str(out / "bad"), "pretrain_steps=-1"])
     assert np.isfinite(m["test/vit/map"])
+
+
+def test_backbone_lr_scale_gives_the_trunk_its_own_lr():
+    """DetectTask(backbone_lr_scale=0.1): the trunk's parameters (backbone.body) train at 0.1 x lr through the one
+    optimizer builder, the FPN and head at lr; the warmup-cosine schedule scales both by the same factor."""
+    from mmfm.detect import DetectTask, trunk_name
+
+    cfg = DetectorConfig(backbone="timm:resnet18", img_size=64, channels=32, head_convs=1)
+    model = build_detector(cfg)
+    assert trunk_name(model) == "backbone.body"
+    conf = DetectTask(model, 1e-3, 0.05, 2, 10, backbone_lr_scale=0.1).configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    trunk = {id(p) for p in model.backbone.body.parameters()}
+    assert len(lr_of) == len(list(model.parameters()))  # every parameter in exactly one group
+    assert {round(lr_of[i], 9) for i in trunk} == {0.5e-4}  # step 0 of a 2-step warmup: factor 0.5
+    assert {round(lr_of[i], 9) for i in lr_of if i not in trunk} == {0.5e-3}
+    opt.step(), sched.step()
+    assert {round(g["lr"] / g["initial_lr"], 6) for g in opt.param_groups} == {1.0}
+    plain = DetectTask(model, 1e-3, 0.05, 2, 10).configure_optimizers()["optimizer"]
+    assert len(plain.param_groups) == 2 and {round(g["lr"], 9) for g in plain.param_groups} == {0.5e-3}
+    vit_model = build_detector(DetectorConfig(img_size=64, channels=32, head_convs=1),
+                               default_vit(DetectorConfig(img_size=64), dim=32, depth=1, n_heads=2))
+    assert trunk_name(vit_model) == "backbone.vit"
+
+
+def test_lr_scale_errors_are_named():
+    from mmfm.train.optim import build_optimizer, param_groups
+
+    m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    groups = param_groups(m, 0.1, {"1": 0.5})
+    assert [len(g["params"]) for g in groups] == [1, 1, 0, 2] and groups[3]["lr_scale"] == 0.5
+    assert [g["lr"] for g in build_optimizer(m, 1e-2, lr_scale={"0": 3.0}).param_groups] == [1e-2, 1e-2, 3e-2, 3e-2]
+    with pytest.raises(ValueError, match="no submodule 'body'"):
+        param_groups(m, 0.1, {"body": 0.1})
+    with pytest.raises(ValueError, match=r"lr_scale\['0'\]"):
+        param_groups(m, 0.1, {"0": 0.0})
+    with pytest.raises(ValueError, match="lr_scale is for optimizer='adamw'"):
+        build_optimizer(m, 1e-3, optimizer="muon", lr_scale={"0": 0.1})
+
+
+def test_per_backbone_values_parsed_and_refused_by_name():
+    per = _recipe().per_backbone
+    names = ["vit", "resnet18"]
+    assert per("pretrain_steps", 300, names) == {"vit": 300, "resnet18": 300}
+    assert per("pretrain_steps", "vit:900,resnet18:150", names) == {"vit": 900, "resnet18": 150}
+    assert per("pretrain_steps", "timm:resnet18:0, vit:5", names) == {"vit": 5, "resnet18": 0}
+    assert per("pretrain_steps", "vit:900,resnet18:150", ["vit"]) == {"vit": 900}  # the default fits a vit-only run
+    assert per("backbone_lr_scale", "vit:1,resnet18:0.25", names, float, gt=True) == {"vit": 1.0, "resnet18": 0.25}
+    bad = [("vit:900", "no value for backbone.s. resnet18"), ("vit:9,vit:8,resnet18:1", "naming each backbone once"),
+           ("vit:x,resnet18:1", "'x' is not a number"), ("900 150", "name:value"), (-1, "vit=-1 must be an integer >= 0"),
+           ("vit:1.5,resnet18:1", "vit=1.5 must be an integer")]
+    for value, message in bad:
+        with pytest.raises(ConfigError, match="pretrain_steps") as e:
+            per("pretrain_steps", value, names)
+        assert e.match(message), (value, str(e.value))
+    with pytest.raises(ConfigError, match="backbone_lr_scale: vit=0.0 must be a number > 0"):
+        per("backbone_lr_scale", "vit:0,resnet18:1", names, float, gt=True)

@@ -108,6 +108,12 @@ class TimmPyramid(nn.Module):
         return self.fpn(OrderedDict((str(s), f) for s, f in zip(self.strides, feats)))
 
 
+def trunk_name(detector: nn.Module) -> str:
+    """The path of the detector's pretrainable trunk (the part `init_from_classifier` fills, without the pyramid
+    and head): "backbone.vit" for ViTPyramid, "backbone.body" for TimmPyramid."""
+    return "backbone.vit" if isinstance(detector.backbone, ViTPyramid) else "backbone.body"
+
+
 def default_vit(cfg: DetectorConfig, **overrides) -> ViT:
     """A ViT for the canvases: 8-px patches (a 12x12 grid on 96 px), width 128, 4 blocks, 4 heads."""
     base = dict(img_size=cfg.img_size, patch_size=8, in_chans=cfg.in_chans, dim=128, depth=4, n_heads=4,

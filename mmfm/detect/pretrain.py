@@ -20,6 +20,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from .canvas import Sources, _resized
+from .models import trunk_name
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def source_classifier(backbone: str, num_classes: int, vit=None, side: int = 32)
 def init_from_classifier(detector: nn.Module, classifier: nn.Module) -> int:
     """Copy the classifier's backbone weights (its head left out) into detector.backbone (ViTPyramid's `vit` or
     TimmPyramid's `body`); every backbone tensor must be found. Returns the number of tensors copied."""
-    target = detector.backbone.vit if hasattr(detector.backbone, "vit") else detector.backbone.body
+    target = detector.get_submodule(trunk_name(detector))
     source = classifier.body if hasattr(classifier, "body") else classifier
     state = {k: v for k, v in source.state_dict().items() if not k.startswith(("head.", "fc."))}
     missing, _unused = target.load_state_dict(state, strict=False)

@@ -9,16 +9,20 @@ import torch
 
 from ..explain.overlay import save_figure
 from ..train.optim import adamw_warmup_cosine
+from .models import trunk_name
 
 
 class DetectTask(L.LightningModule):
     """training_step: the sum of the detector's losses (FCOS: classification, box regression, centerness);
-    AdamW with warmup + cosine from mmfm's one optimizer builder."""
+    AdamW with warmup + cosine from mmfm's one optimizer builder, the (pretrained) trunk at lr x backbone_lr_scale
+    (its own parameter groups; the pyramid and head at lr)."""
 
-    def __init__(self, model, lr: float, weight_decay: float, warmup_steps: int, total_steps: int):
+    def __init__(self, model, lr: float, weight_decay: float, warmup_steps: int, total_steps: int,
+                 backbone_lr_scale: float = 1.0):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.warmup_steps, self.total_steps = lr, weight_decay, warmup_steps, total_steps
+        self.lr_scale = {trunk_name(model): backbone_lr_scale} if backbone_lr_scale != 1.0 else None
 
     def training_step(self, batch, _):
         images, targets = batch
@@ -30,7 +34,7 @@ class DetectTask(L.LightningModule):
 
     def configure_optimizers(self):
         return adamw_warmup_cosine(self.model, self.lr, self.weight_decay, self.warmup_steps, self.total_steps, 0.05,
-                                   self._trainer)
+                                   self._trainer, lr_scale=self.lr_scale)
 
 
 @torch.no_grad()
