@@ -78,3 +78,13 @@ def test_build_optimizer_passes_muon_ns_and_refuses_it_without_muon():
     assert isinstance(opt.muon, Muon) and opt.muon.ns_dtype == "fp32"
     with pytest.raises(ValueError, match="muon_ns='fp32' is used by optimizer='muon' only"):
         build_optimizer(model, 1e-3, optimizer="adamw", muon_ns="fp32")
+
+
+def test_lm_task_refuses_muon_ns_without_muon():
+    from mmfm.config import check_fields
+    from mmfm.train.lm import LMTask, LMTrainConfig
+
+    with pytest.raises(ValueError, match="muon_ns=fp32 is used by optimizer=muon only"):
+        LMTask(mmfm.build_model("gpt-test"), LMTrainConfig(muon_ns="fp32"), max_steps=2)
+    with pytest.raises(ValueError, match="muon_ns"):
+        check_fields(LMTrainConfig(optimizer="muon", muon_ns="fp16"))
