@@ -111,7 +111,8 @@ def test_dit_recipe_on_vae_latents(tmp_path, monkeypatch):
         dit_train.main(["--out", str(out), f"export={pipe_dir}"])
 
 
-def test_dit_pipeline_export_opens_and_samples_in_diffusers(tmp_path):
+@pytest.mark.parametrize("kind", ["ddim", "dpm++"])  # dpm++: the scheduler a default dit_train export= writes
+def test_dit_pipeline_export_opens_and_samples_in_diffusers(tmp_path, kind):
     from diffusers import DiTPipeline
 
     from mmfm.diffusion import make_sampler, make_train_scheduler, sample
@@ -128,14 +129,15 @@ def test_dit_pipeline_export_opens_and_samples_in_diffusers(tmp_path):
     torch.testing.assert_close(big(x, t, torch.tensor([2, 3])), dit(x, t, torch.tensor([2, 3])))
     torch.testing.assert_close(big(x, t, torch.tensor([1000, 1000])), dit(x, t, torch.tensor([3, 3])))
     vae = build_vae("vae-test", in_channels=1, sample_size=16).eval()
-    sampler = make_sampler("ddim", make_train_scheduler("sample").config)
+    sampler = make_sampler(kind, make_train_scheduler("sample").config)
     export_dit_pipeline(dit, sampler, vae, 0.5, ["a", "b", "c"], tmp_path / "pipe")
     pipe = DiTPipeline.from_pretrained(tmp_path / "pipe")
     out = pipe([0, 2], guidance_scale=3.0, num_inference_steps=3, generator=torch.Generator().manual_seed(1),
                output_type="pt").images
     assert out.shape == (2, 1, 16, 16) and 0 <= out.min() and out.max() <= 1
     noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))  # the pipeline's draw
-    z = sample(dit, make_sampler("ddim", make_train_scheduler("sample").config), (2, 4, 8, 8), {"y": torch.tensor([0, 2])},
+    assert type(pipe.scheduler) is type(sampler)
+    z = sample(dit, make_sampler(kind, make_train_scheduler("sample").config), (2, 4, 8, 8), {"y": torch.tensor([0, 2])},
                3.0, 3, noise=noise)
     with torch.no_grad():
         ours = (vae.decode(z / 0.5).sample / 2 + 0.5).clamp(0, 1)
