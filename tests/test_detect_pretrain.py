@@ -71,11 +71,22 @@ def test_recipe_pretrains_on_train_sources_then_detects(tmp_path, monkeypatch):
             seen.append((set(sources.ids), n))
             super().__init__(sources, n, *a, **kw)
 
+    scales = []
+
+    class TaskSpy(recipe.DetectTask):
+        def configure_optimizers(self):
+            conf = super().configure_optimizers()
+            scales.append(sorted({round(g["initial_lr"] / self.lr, 6) for g in conf["optimizer"].param_groups}))
+            return conf
+
     monkeypatch.setattr(recipe, "SourceCrops", Spy)
+    monkeypatch.setattr(recipe, "DetectTask", TaskSpy)
     out = tmp_path / "run"
     m = recipe.main(["--out", str(out), "--max-steps", "1", "backbones=vit", "n_val=2", "n_test=2", "batch_size=2",
                      "dim=32", "depth=1", "n_heads=2", "channels=32", "head_convs=1", "size=64", "max_scale=28",
-                     "pretrain_steps=2", "pretrain_batch=4", "progress=false"])
+                     "pretrain_steps=vit:2,resnet18:7", "pretrain_batch=4", "backbone_lr_scale=vit:0.5,resnet18:2",
+                     "progress=false"])
+    assert scales == [[0.5, 1.0]] and m["backbone_lr_scale/vit"] == 0.5  # the trunk's groups at 0.5 x lr
     src = split_sources(CanvasConfig(size=64, max_scale=28), seed=0)
     train_ids, (ids, n) = set(src["train"].ids), seen[0]
     assert n == 2 * 4 and ids == train_ids  # the training crops: train-split sources only
@@ -83,8 +94,9 @@ def test_recipe_pretrains_on_train_sources_then_detects(tmp_path, monkeypatch):
     assert seen[1][0] == set(src["val"].ids)  # then the accuracy check on val crops (evaluation only)
     assert 0.0 <= m["pretrain_val_acc/vit"] <= 1.0 and m["pretrain_steps/vit"] == 2
     assert (out / "vit" / "pretrain" / "checkpoints" / "last.ckpt").is_file()
-    with pytest.raises(Exception, match="pretrain_steps"):
-        recipe.main(["--out", str(out / "bad"), "pretrain_steps=-1"])
+    for bad in ("pretrain_steps=-1", "pretrain_steps=vit:3", "backbone_lr_scale=0"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            recipe.main(["--out", str(out / "bad"), bad])
     assert np.isfinite(m["test/vit/map"])
 
 
