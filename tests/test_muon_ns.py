@@ -18,7 +18,8 @@ COEFFS = (3.4445, -4.7750, 2.0315)
 @pytest.mark.parametrize("shape", [(24, 8), (8, 8), (8, 24)])
 def test_newton_schulz_is_torchs_iteration_in_the_given_dtype(shape):
     g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(newton_schulz(g, COEFFS, 5, 1e-7, torch.bfloat16), _zeropower_via_newtonschulz(g, COEFFS, 5, 1e-7))
+    torch_bf16 = _zeropower_via_newtonschulz(g, COEFFS, 5, 1e-7)
+    assert torch.equal(newton_schulz(g, COEFFS, 5, 1e-7, torch.bfloat16), torch_bf16)
     x = newton_schulz(g, COEFFS, 5, 1e-7, torch.float32)
     assert x.dtype == torch.float32 and x.shape == g.shape
     short = min(shape)
@@ -85,6 +86,23 @@ def test_lm_task_refuses_muon_ns_without_muon():
     from mmfm.train.lm import LMTask, LMTrainConfig
 
     with pytest.raises(ValueError, match="muon_ns=fp32 is used by optimizer=muon only"):
-        LMTask(mmfm.build_model("gpt-test"), LMTrainConfig(muon_ns="fp32"), max_steps=2)
+        LMTask(mmfm.build_model("gpt-test"), LMTrainConfig(optimizer="adamw", muon_ns="fp32"), max_steps=2)
     with pytest.raises(ValueError, match="muon_ns"):
         check_fields(LMTrainConfig(optimizer="muon", muon_ns="fp16"))
+
+
+def test_auto_is_muon_for_a_stack_and_adamw_where_muon_does_not_apply(monkeypatch):
+    from mmfm.train import optim
+    from mmfm.train.lm import LMTrainConfig
+    from mmfm.train.optim import MuonAdamW, resolve_optimizer
+
+    assert LMTrainConfig().optimizer == "auto"
+    gpt = mmfm.build_model("gpt-test")
+    assert isinstance(build_optimizer(gpt, 1e-3, 0.1, optimizer="auto"), MuonAdamW)
+    plain = build_optimizer(torch.nn.Linear(4, 4), 1e-3, optimizer="auto")  # no Transformer stack
+    assert isinstance(plain, torch.optim.AdamW)
+    assert resolve_optimizer(gpt, "auto", {"transformer": 0.5}) == "adamw"  # per-module lr scales are AdamW's
+    monkeypatch.setattr(optim, "_is_sharded", lambda model: True)
+    assert resolve_optimizer(gpt, "auto") == "adamw"
+    with pytest.raises(ValueError, match="FSDP"):
+        resolve_optimizer(gpt, "muon")

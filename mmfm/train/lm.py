@@ -25,7 +25,8 @@ class LMTrainConfig:
     min_lr: float = opt(3e-4, lo=0.0)  # cosine decays lr to min_lr at the last step
     warmup_steps: int = opt(100, lo=0)
     weight_decay: float = opt(0.1, lo=0.0)
-    optimizer: str = opt("adamw", choices=OPTIMIZERS)  # muon: Muon for the stack's matrices, AdamW for the rest
+    optimizer: str = opt("auto", choices=OPTIMIZERS)  # muon: Muon for the stack's matrices, AdamW for the rest;
+    # auto: muon except under FSDP (sharded matrices), where adamw
     muon_lr: float = opt(MUON_LR, gt=0.0)  # Muon's peak lr (optimizer=muon only); the schedule scales it with lr
     muon_ns: str = opt("auto", choices=NS_DTYPES)  # Newton-Schulz dtype (optimizer=muon): auto = bf16 on CUDA/AMX
     beta1: float = opt(0.9, lo=0.0, lt=1.0)
@@ -50,9 +51,9 @@ class LMTask(ShardedTask, L.LightningModule):
     def __init__(self, model: torch.nn.Module, cfg: LMTrainConfig, max_steps: int, clock: BudgetClock | None = None):
         super().__init__()
         self.model, self.cfg, self.max_steps = model, cfg, max_steps
-        if cfg.optimizer != "muon" and cfg.muon_lr != MUON_LR:
+        if cfg.optimizer == "adamw" and cfg.muon_lr != MUON_LR:
             raise ValueError(f"muon_lr={cfg.muon_lr} is used by optimizer=muon only (optimizer={cfg.optimizer})")
-        if cfg.optimizer != "muon" and cfg.muon_ns != "auto":
+        if cfg.optimizer == "adamw" and cfg.muon_ns != "auto":
             raise ValueError(f"muon_ns={cfg.muon_ns} is used by optimizer=muon only (optimizer={cfg.optimizer})")
         self.clock = clock if clock is not None else BudgetClock(cfg.time_budget_s)
         if self.clock.budget_s != (cfg.time_budget_s or 0.0):

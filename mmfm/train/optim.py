@@ -3,6 +3,7 @@ for the hidden matrices and AdamW for the rest), and a linear-warmup cosine mult
 budget."""
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable
 
@@ -10,12 +11,21 @@ import torch
 
 from .muon import Muon
 
+log = logging.getLogger(__name__)
+
 # leaf names (the part after the last ".") of gains and temperatures, which never get weight decay
 NO_DECAY_NAMES = frozenset({"logit_scale", "gain", "gamma", "temperature"})
 
 
 def _is_wrapped_by_fsdp(model: torch.nn.Module) -> bool:
     return any(type(m).__name__.startswith("FullyShardedDataParallel") for m in model.modules())
+
+
+def _is_sharded(model: torch.nn.Module) -> bool:
+    """FSDP (1: wrapper modules) or FSDP2 (`fully_shard`: DTensor parameters)."""
+    from torch.distributed.tensor import DTensor
+
+    return _is_wrapped_by_fsdp(model) or any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def _owner(model: torch.nn.Module, name: str) -> torch.nn.Module:
@@ -66,7 +76,7 @@ def _checked_scales(model: torch.nn.Module, lr_scale: dict[str, float]) -> dict[
     return {path: float(scale) for path, scale in lr_scale.items()}
 
 
-OPTIMIZERS = ("adamw", "muon")
+OPTIMIZERS = ("adamw", "muon", "auto")  # auto: muon where it applies (see `resolve_optimizer`), else adamw
 MUON_LR = 0.02  # Keller Jordan's Muon default for hidden matrices (torch's "original" lr adjustment)
 
 
@@ -86,6 +96,7 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0
     at 0.1 x the lr of a fresh head); schedulers scale every group's lr by the same factor (AdamW only)."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer={optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
+    optimizer = resolve_optimizer(model, optimizer, lr_scale)
     if optimizer != "muon" and muon_lr != MUON_LR:
         raise ValueError(f"muon_lr={muon_lr} is used by optimizer='muon' only (optimizer={optimizer!r})")
     if optimizer != "muon" and muon_ns != "auto":
@@ -110,6 +121,25 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0
     muon = Muon([p for p in model.parameters() if p in hidden], lr=muon_lr,
                 weight_decay=weight_decay * lr / muon_lr, ns_dtype=muon_ns)
     return MuonAdamW(muon, adamw)
+
+
+def resolve_optimizer(model: torch.nn.Module, optimizer: str, lr_scale: dict | None = None) -> str:
+    """"auto" -> "muon" for a model with an mmfm Transformer stack (its hidden matrices are what Muon is for),
+    "adamw" where Muon does not apply: no stack, FSDP-sharded parameters (flattened, not 2-D matrices) or per-module
+    lr scales. An explicit "muon" on FSDP-sharded parameters is refused."""
+    from ..nn.transformer import Transformer
+
+    fsdp = _is_sharded(model)
+    if optimizer == "muon" and fsdp:
+        raise ValueError("optimizer='muon' needs 2-D weight matrices; FSDP shards them into flat views: use "
+                         "optimizer=adamw (or auto) with FSDP")
+    if optimizer != "auto":
+        return optimizer
+    has_stack = any(isinstance(m, Transformer) for m in model.modules())
+    choice = "muon" if has_stack and not fsdp and not lr_scale else "adamw"
+    log.info("optimizer auto: %s (%s)", choice, "Muon for the stack's matrices, AdamW for the rest"
+             if choice == "muon" else "FSDP-sharded, no Transformer stack or per-module lr scales")
+    return choice
 
 
 def muon_params(model: torch.nn.Module) -> set:
