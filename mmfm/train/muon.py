@@ -36,11 +36,15 @@ def newton_schulz(g: torch.Tensor, ns_coefficients: tuple[float, float, float], 
     return x.T if wide else x
 
 
+def _check(ns_dtype: str) -> None:
+    if ns_dtype not in NS_DTYPES:
+        raise ValueError(f"muon_ns={ns_dtype!r}: choose from {', '.join(NS_DTYPES)}")
+
+
 def resolve_ns_dtype(ns_dtype: str, device: torch.device) -> torch.dtype:
     """bf16 or fp32 for the Newton-Schulz iteration: "auto" is bf16 on CUDA and on a CPU where `--precision auto`
     picks bf16 (AMX units, confirmed by its probe), fp32 on other CPUs."""
-    if ns_dtype not in NS_DTYPES:
-        raise ValueError(f"muon_ns={ns_dtype!r}: choose from {', '.join(NS_DTYPES)}")
+    _check(ns_dtype)
     if ns_dtype == "auto":
         fast_bf16 = device.type != "cpu" or auto_cpu_precision() == "bf16-mixed"
         ns_dtype = "bf16" if fast_bf16 else "fp32"
@@ -53,8 +57,7 @@ class Muon(torch.optim.Muon):
     of the parameters, and logged."""
 
     def __init__(self, params, *args, ns_dtype: str = "auto", **kwargs):
-        if ns_dtype not in NS_DTYPES:
-            raise ValueError(f"muon_ns={ns_dtype!r}: choose from {', '.join(NS_DTYPES)}")
+        _check(ns_dtype)
         super().__init__(params, *args, **kwargs)
         self.ns_dtype, self._dtype = ns_dtype, None
 

@@ -127,28 +127,30 @@ def resolve_optimizer(model: torch.nn.Module, optimizer: str, lr_scale: dict | N
     """"auto" -> "muon" for a model with an mmfm Transformer stack (its hidden matrices are what Muon is for),
     "adamw" where Muon does not apply: no stack, FSDP-sharded parameters (flattened, not 2-D matrices) or per-module
     lr scales. An explicit "muon" on FSDP-sharded parameters is refused."""
-    from ..nn.transformer import Transformer
-
     fsdp = _is_sharded(model)
     if optimizer == "muon" and fsdp:
-        raise ValueError("optimizer='muon' needs 2-D weight matrices; FSDP shards them into flat views: use "
+        raise ValueError("optimizer='muon' needs whole 2-D weight matrices; FSDP shards them across processes: use "
                          "optimizer=adamw (or auto) with FSDP")
     if optimizer != "auto":
         return optimizer
-    has_stack = any(isinstance(m, Transformer) for m in model.modules())
-    choice = "muon" if has_stack and not fsdp and not lr_scale else "adamw"
+    choice = "muon" if _stacks(model) and not fsdp and not lr_scale else "adamw"
     log.info("optimizer auto: %s (%s)", choice, "Muon for the stack's matrices, AdamW for the rest"
              if choice == "muon" else "FSDP-sharded, no Transformer stack or per-module lr scales")
     return choice
+
+
+def _stacks(model: torch.nn.Module) -> list:
+    """The model's shared Transformer stacks (mmfm.nn.Transformer), where Muon's hidden matrices live."""
+    from ..nn.transformer import Transformer
+
+    return [m for m in model.modules() if isinstance(m, Transformer)]
 
 
 def muon_params(model: torch.nn.Module) -> set:
     """The hidden matrices Muon takes: the 2-D weights of the nn.Linear layers inside the model's shared
     Transformer stacks (mmfm.nn.Transformer). Embeddings, the output head, norms and biases stay with AdamW
     (modded-nanogpt's split; Muon is defined for 2-D hidden-layer weights only)."""
-    from ..nn.transformer import Transformer
-
-    stacks = [m for m in model.modules() if isinstance(m, Transformer)]
+    stacks = _stacks(model)
     if not stacks:
         raise ValueError(f"optimizer='muon' needs a model with an mmfm Transformer stack; {type(model).__name__} "
                          "has none")
