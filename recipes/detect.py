@@ -36,7 +36,8 @@ from torch.utils.data import DataLoader
 from mmfm.adapt.head import source_config
 from mmfm.config import ConfigError, opt
 from mmfm.data.stepstream import resumable_loader
-from mmfm.detect import (CLASS_NAMES, CanvasConfig, DetectorConfig, DetectTask, SourceCrops, build_detector,
+from mmfm.detect import (CLASS_NAMES, CanvasConfig, DetectorConfig, DetectTask, RescoreConfig, SourceCrops,
+                         build_detector, rescore, save_classifier,
                          canvas_sets, collate, init_from_classifier, mean_ap, plot_detections, predict, save_detector,
                          source_classifier, split_sources)
 from mmfm.train.classify import ClassifyTask
@@ -73,6 +74,8 @@ class DetectTrain:
     pretrain_side: int = opt(32, lo=16)  # crop side; the object side is drawn in [min_scale, min(max_scale, side)]
     backbone_lr_scale: float | str = DEFAULT_LR_SCALE  # the trunk's detection lr = lr x this (pyramid and head: lr);
     # one number or per backbone, "vit:0.5,resnet18:0.1"
+    rescore: bool = True  # second stage: the pretraining classifier names each FCOS box (mmfm.detect.rescore;
+    # backbones with pretrain_steps 0 have none); FCOS alone is reported too, as <split>/<name>/fcos/...
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     progress: bool = True
 
@@ -130,9 +133,10 @@ def per_backbone(key: str, value, names: list[str], cast=int, lo: float = 0, gt:
 
 
 def pretrain(args, train: DetectTrain, canvas: CanvasConfig, cfg: DetectorConfig, model, sources, name: str,
-             steps: int) -> dict:
+             steps: int) -> tuple[dict, torch.nn.Module]:
     """Classify crops of the TRAIN-split sources for `steps` steps (mmfm's ClassifyTask) on a copy of the
-    detector's backbone, then copy its weights into the detector. Returns its accuracy on val-split crops."""
+    detector's backbone, then copy its weights into the detector. Returns ({pretrain_val_acc/<name>: accuracy on
+    val-split crops}, the classifier), the classifier being the second stage of `rescore`."""
     side = train.pretrain_side
     vit = copy.deepcopy(model.backbone.vit) if cfg.backbone == "vit" else None
     clf = source_classifier(cfg.backbone, cfg.num_classes, vit=vit, side=side)
@@ -147,7 +151,7 @@ def pretrain(args, train: DetectTrain, canvas: CanvasConfig, cfg: DetectorConfig
     trainer.fit(task, resumable_loader(crops, train.pretrain_batch, args.seed), ckpt_path=resume)
     init_from_classifier(model, clf.cpu())
     x, y = SourceCrops(sources["val"], 1000, side, scales, args.seed).tensors()
-    return {f"pretrain_val_acc/{name}": round((classify(clf, x).argmax(-1) == y).float().mean().item(), 4)}
+    return {f"pretrain_val_acc/{name}": round((classify(clf, x).argmax(-1) == y).float().mean().item(), 4)}, clf
 
 
 def train_one(args, train: DetectTrain, cfg: DetectorConfig, model, sets, name: str, lr_scale: float = 1.0):
@@ -164,11 +168,17 @@ def train_one(args, train: DetectTrain, cfg: DetectorConfig, model, sets, name: 
     return model.cpu(), trainer.global_step
 
 
-def evaluate(model, sets, name: str, out: Path) -> dict:
+def evaluate(model, sets, name: str, out: Path, second=None) -> dict:
+    """mAP on val and test; with `second` = (classifier, RescoreConfig, side), the two-stage result under
+    <split>/<name>/ and FCOS alone under <split>/<name>/fcos/."""
     metrics = {}
     for split in ("val", "test"):
         loader = DataLoader(sets[split], batch_size=32, collate_fn=collate)
         preds, targets, images = predict(model, loader)
+        if second is not None:
+            metrics.update(mean_ap(preds, targets, prefix=f"{split}/{name}/fcos/"))
+            clf, rcfg, side = second
+            preds = rescore(preds, images, clf, rcfg, side)
         metrics.update(mean_ap(preds, targets, prefix=f"{split}/{name}/"))
         if split == "test":
             plot_detections(images, preds, targets, CLASS_NAMES, out / f"detections_{name}.png",
@@ -180,11 +190,12 @@ def main(argv=None):
     setup_logging()
     args = parse_args(build_parser(), argv)
     routed = split_overrides(args.overrides, model=source_config(args.preset), canvas=CanvasConfig(),
-                             detector=DetectorConfig(), train=DetectTrain())
+                             detector=DetectorConfig(), train=DetectTrain(), rescore=RescoreConfig())
     bad = sorted(set(routed["detector"]) & set(FIXED) | {"backbone"} & set(routed["detector"]))
     if bad:
         raise ConfigError(f"{', '.join(bad)}: set by the canvases and backbones=, not by overrides")
     train, canvas = DetectTrain(**routed["train"]), CanvasConfig(**routed["canvas"])
+    rcfg = RescoreConfig(**routed["rescore"])
     names = [b.strip() for b in train.backbones.split(",") if b.strip()]
     if not names or len({n.split(":")[-1] for n in names}) != len(names):
         raise ConfigError(f"backbones={train.backbones!r}: one or more distinct names (vit, timm:NAME)")
@@ -205,11 +216,16 @@ def main(argv=None):
         vit = make_vit(args.preset, canvas, routed["model"]) if name == "vit" else None
         started = timer.elapsed
         model = build_detector(cfg, vit)
-        pre = pretrain(args, train, canvas, cfg, model, sources, short, pre_steps[short]) if pre_steps[short] else {}
+        pre, clf = pretrain(args, train, canvas, cfg, model, sources, short, pre_steps[short]) \
+            if pre_steps[short] else ({}, None)
         pre_s = round(timer.elapsed - started, 1)
         model, steps = train_one(args, train, cfg, model, sets, short, lr_scales[short])
         save_detector(model, cfg, out / short)
-        m = {**pre, **evaluate(model, sets, short, out)}
+        second = (clf, rcfg, train.pretrain_side) if clf is not None and train.rescore else None
+        if second:
+            save_classifier(clf, {"backbone": name, "num_classes": cfg.num_classes, "side": train.pretrain_side,
+                                  "rescore": asdict(rcfg)}, out / short)
+        m = {**pre, **evaluate(model, sets, short, out, second), f"two_stage/{short}": second is not None}
         m.update({f"train_s/{short}": round(timer.elapsed - started, 1), f"pretrain_s/{short}": pre_s,
                   f"steps/{short}": steps, f"pretrain_steps/{short}": pre_steps[short],
                   f"backbone_lr_scale/{short}": lr_scales[short]})

@@ -131,6 +131,7 @@ def test_recipe_end_to_end_tiny(tmp_path):
                      "pretrain_steps=0", "progress=false"])
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["test/map_50"] == m["test/vit/map_50"] and 0 <= saved["test/map"] <= 1
+    assert saved["two_stage/vit"] is False and "test/vit/fcos/map_50" not in saved  # no pretraining: FCOS alone
     assert (out / "detections_vit.png").stat().st_size > 0 and (out / "vit" / "model.safetensors").is_file()
     with pytest.raises(Exception, match="img_size"):
         recipe.main(["--out", str(out / "bad"), "img_size=64"])

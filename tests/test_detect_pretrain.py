@@ -94,6 +94,11 @@ def test_recipe_pretrains_on_train_sources_then_detects(tmp_path, monkeypatch):
     assert seen[1][0] == set(src["val"].ids)  # then the accuracy check on val crops (evaluation only)
     assert 0.0 <= m["pretrain_val_acc/vit"] <= 1.0 and m["pretrain_steps/vit"] == 2
     assert (out / "vit" / "pretrain" / "checkpoints" / "last.ckpt").is_file()
+    # the pretraining classifier became the second stage: saved beside the detector, FCOS alone kept as fcos/
+    assert m["two_stage/vit"] is True and 0 <= m["test/vit/fcos/map_50"] <= 1 and "val/vit/fcos/map" in m
+    from mmfm.detect import load_classifier
+    clf, rcfg, side = load_classifier(out / "vit")
+    assert side == 32 and clf(torch.zeros(2, 1, 32, 32)).shape == (2, 20)
     for bad in ("pretrain_steps=-1", "pretrain_steps=vit:3", "backbone_lr_scale=0"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             recipe.main(["--out", str(out / "bad"), bad])
