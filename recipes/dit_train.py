@@ -19,6 +19,11 @@ command that makes it; classifier=none skips the metrics (with a warning).
 `--data` (and `--val-data`, `--test-data`): any single-label layout mmfm.data.labelled reads (ImageFolder, CSV of
 path,label, .npz, DICOM/NIfTI + labels.csv; docs/data.md), resized to the model's input_size, in [-1, 1]; its judge
 is a classifier trained on the same data (`python recipes/vit_classify.py --data PATH --out DIR`; same split seed).
+`--data PAIRS text_encoder=CLIP` (an open_clip CSV filepath,title or image + .txt folder; mmfm.diffusion.captions):
+each image is conditioned on its own caption (caption dropout p_uncond for guidance), pixels or vae= latents;
+split as clip_pretrain splits it; scored by CLIP retrieval of the held-out captions (clip_top1/top5, the real
+images' ceiling) and FID in CLIP's image space; the grid's rows are the first held-out captions:
+    python recipes/dit_train.py --data data/emoji_clipart/pairs.csv text_encoder=runs/clip_emoji/model input_size=32
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ from mmfm.adapt.data import load_task, to_backbone_input
 from mmfm.config import ConfigError, opt
 from mmfm.data.stepstream import resumable_loader
 from mmfm.diffusion import make_sampler, make_train_scheduler, save_scheduler
+from mmfm.diffusion.captions import CaptionConditioner, caption_quality, caption_training_data
 from mmfm.diffusion.flow import FLOW, make_flow_scheduler
 from mmfm.diffusion.latent import latent_training_data
 from mmfm.diffusion.text import PromptConditioner
@@ -139,8 +145,6 @@ def load_data(args, train: DiTTrain, model_cfg: dict) -> tuple[LabelledImages, L
             raise ConfigError("--val-data / --test-data go with --data")
         names = tuple(train.datasets.split(","))
         return load_labelled(names, "train", limit=train.limit), load_labelled(names, "test", limit=train.limit), {}
-    if train.text_encoder:
-        raise ConfigError(f"text_encoder= conditions on the built-in class captions; --data {args.data} is class-conditional")
     size, chans = model_cfg["input_size"], model_cfg["in_channels"]
     task = load_task(args.data, val_data=args.val_data, test_data=args.test_data, size=size, seed=args.seed,
                      val_fraction=train.val_fraction, test_fraction=train.test_fraction,
@@ -193,32 +197,41 @@ def main(argv=None):
     train = DiTTrain(**routed["train"])
     if train.threads:
         torch.set_num_threads(train.threads)
-    if train.vae and args.data is not None:
-        raise ConfigError(f"vae={train.vae} goes with the built-in datasets= (the VAE pads their 28 px images); not --data")
+    captioned = args.data is not None and bool(train.text_encoder)  # a user's image-text pairs: its own captions
+    if train.vae and args.data is not None and not captioned:
+        raise ConfigError(f"vae={train.vae} goes with the built-in datasets= (the VAE pads their 28 px images) or "
+                          f"with caption data (--data PAIRS text_encoder=CLIP); not with labelled --data")
     check_export(train, routed["model"])
-    data, test, sizes = load_data(args, train, {**asdict(cfg), **routed["model"]})
-    codec, images = None, data.images
-    if train.vae:  # the DiT learns the VAE's latents; its shape comes from the VAE
-        codec, images, routed["model"] = latent_training_data(train.vae, data.images, routed["model"])
-    judge, judge_s = ensure_judge(train, args, len(data.class_names))  # before seeding: the DiT's stream is its own
+    if captioned:
+        run = caption_data(args, train, routed, cfg)
+        judge, judge_s = caption_judge(train, routed["train"]), 0.0
+    else:
+        run = class_data(args, train, routed, cfg)
+        judge, judge_s = ensure_judge(train, args, len(run.class_names))  # before seeding: the DiT's stream is its own
     torch.manual_seed(args.seed)
-    prompts = PromptConditioner.from_folder(train.text_encoder, data.class_names, train.text_tokens) if train.text_encoder else None
-    model = build(args, train, routed["model"], len(data.class_names), prompts)
+    prompts = None
+    if captioned:
+        prompts = CaptionConditioner.from_folder(train.text_encoder, run.data.captions, run.test.first_captions,
+                                                 train.text_tokens)
+    elif train.text_encoder:
+        prompts = PromptConditioner.from_folder(train.text_encoder, run.class_names, train.text_tokens)
+    model = build(args, train, routed["model"], len(run.class_names), prompts)
     scheduler = train_scheduler(train)
     condition = prompts.batch_condition if prompts else label_condition
-    rows = torch.arange(len(data.class_names))
+    rows = torch.arange(len(run.row_names))
     grid_cond = prompts.condition(rows) if prompts else {"y": rows}
-    log.info("%s: %d params, %d train images, classes %s", args.preset, model.num_params(), len(data.labels), data.class_names)
+    log.info("%s: %d params, %d train images, %s", args.preset, model.num_params(), len(run.images),
+             f"captions from {args.data}" if captioned else f"classes {run.class_names}")
 
     ema = (GatheredEMA if args.strategy == "fsdp" else EMA)(train.ema_decay)  # FSDP: a full EMA copy per rank
-    grid = SampleGrid(args.out, grid_cond, data.class_names, every=train.sample_every, sampler=train.sampler,
+    grid = SampleGrid(args.out, grid_cond, run.row_names, every=train.sample_every, sampler=train.sampler,
                       steps=train.sample_steps, guidance_scale=train.guidance_scale, ema=ema,
-                      decode=codec.decode if codec else None)
+                      decode=run.codec.decode if run.codec else None)
     hist = LossHistory(args.out, prefixes=("train/loss",), title="DiT denoising loss")
     clock = BudgetClock(train.max_minutes * 60)  # stops at the budget; the cosine follows its fraction too
     task = DiffusionTask(model, scheduler, condition, train.lr, train.weight_decay, train.warmup_steps, args.max_steps,
                          train.p_uncond, args.seed, progress=clock.fraction if train.max_minutes > 0 else None)
-    loader = resumable_loader(TensorDataset(images, data.labels), train.batch_size, args.seed)
+    loader = resumable_loader(TensorDataset(run.images, run.targets), train.batch_size, args.seed)
     timer = Timer()
     trainer = make_trainer(args, callbacks=[ema, grid, hist, clock], limit_val_batches=0)
     trainer.fit(task, loader, ckpt_path=checkpoint_to_resume(args.resume))
@@ -226,19 +239,68 @@ def main(argv=None):
     if not trainer.is_global_zero:  # rank 0 alone evaluates and writes
         return {}
     device = trainer.strategy.root_device  # fit moved the module back to the CPU; evaluate where it trained
-    if prompts is not None:
-        prompts.to(device)
-    if codec is not None:
-        codec.to(device)
+    for part in (prompts, run.codec):
+        if part is not None:
+            part.to(device)
     metrics = {"train/loss": float(trainer.callback_metrics["train/loss"]), "steps": trainer.global_step,
                "train_s": round(train_s, 2), "guidance_scale": train.guidance_scale, "sampler": train.sampler,
-               "sample_steps": train.sample_steps, "params": model.num_params(), **sizes}
-    metrics.update(quality(ema.model.to(device), scheduler, train, judge, test, prompts, codec))
+               "sample_steps": train.sample_steps, "params": model.num_params(), **run.sizes}
+    metrics.update(quality(ema.model.to(device), scheduler, train, judge, run.test, prompts, run.codec))
     if judge_s:
         metrics["judge_train_s"] = judge_s
     metrics["eval_s"] = round(timer.elapsed - train_s, 2)
-    save_extras(Path(args.out) / "model", train, ema.model, scheduler, data, codec)
+    save_extras(Path(args.out) / "model", train, ema.model, scheduler, run, args.data if captioned else None)
     return finish(args, ema.model, metrics, timer)
+
+
+@dataclass
+class RunData:
+    data: object  # LabelledImages, or CaptionedImages (caption runs)
+    test: object  # the held-out split, of the same kind
+    images: torch.Tensor  # what the DiT learns: pixels or a VAE's scaled latents (N, C, H, W)
+    targets: torch.Tensor  # (N,) class labels, or the image index (caption runs: the conditioner looks it up)
+    codec: object  # LatentCodec or None
+    class_names: list[str]  # [] for caption runs
+    row_names: list[str]  # the sample grid's rows: classes, or the first held-out captions
+    sizes: dict
+
+
+def class_data(args, train: DiTTrain, routed: dict, cfg) -> RunData:
+    """The built-in datasets= or a user's labelled --data, in pixels or (vae=) latents."""
+    data, test, sizes = load_data(args, train, {**asdict(cfg), **routed["model"]})
+    codec, images = None, data.images
+    if train.vae:  # the DiT learns the VAE's latents; its shape comes from the VAE
+        codec, images, routed["model"] = latent_training_data(train.vae, data.images, routed["model"])
+    return RunData(data, test, images, data.labels, codec, data.class_names, data.class_names, sizes)
+
+
+def caption_data(args, train: DiTTrain, routed: dict, cfg) -> RunData:
+    """A user's image-text pairs (--data with text_encoder=): each image conditioned on its own captions."""
+    if args.val_data or args.test_data:
+        raise ConfigError(f"--val-data / --test-data: caption data is split from --data {args.data} as "
+                          "recipes/clip_pretrain.py splits it (seed, 20% by image), so the CLIP never saw the test")
+    if Path(args.preset).is_dir():
+        raise ConfigError(f"--preset {args.preset}: caption runs start from a preset (the DiT's text_dim comes "
+                          "from text_encoder=)")
+    data, test, sizes, codec, images, routed["model"] = caption_training_data(
+        args.data, asdict(cfg), routed["model"], train.vae, seed=args.seed, limit=train.limit)
+    rows = [c if len(c) <= 40 else c[:38] + ".." for c in test.first_captions[:GRID_ROWS]]
+    return RunData(data, test, images, torch.arange(len(images)), codec, [], rows, sizes)
+
+
+GRID_ROWS = 8  # caption runs: the sample grid shows the first held-out captions
+
+
+def caption_judge(train: DiTTrain, given: dict) -> str | None:
+    """Caption runs are scored by CLIP retrieval through text_encoder= (no classifier); classifier=none skips it."""
+    if train.classifier in (None, "", "none"):
+        log.warning("classifier=none: the CLIP retrieval and FID of the samples are skipped (no quality metrics)")
+        return None
+    if "classifier" in given:
+        raise ConfigError(f"classifier={train.classifier}: a caption-conditioned run is scored by CLIP retrieval "
+                          f"of its held-out captions through text_encoder={train.text_encoder}; no classifier "
+                          "applies (classifier=none skips the metrics)")
+    return "clip"
 
 
 def check_export(train: DiTTrain, model_over: dict) -> None:
@@ -259,13 +321,17 @@ def check_export(train: DiTTrain, model_over: dict) -> None:
         log.info("export=: timestep_freq_shift=1 (diffusers' timestep frequencies, so the exported folder is exact)")
 
 
-def save_extras(folder: Path, train: DiTTrain, model, scheduler, data: LabelledImages, codec) -> None:
-    """Beside the weights: the training scheduler, diffusion.json (classes, conditioning, latent scale and image
-    size), the VAE (vae/) of a latent model, and with export= the diffusers DiTPipeline folder."""
+def save_extras(folder: Path, train: DiTTrain, model, scheduler, run: RunData, captions: str | None) -> None:
+    """Beside the weights: the training scheduler, diffusion.json (classes or the caption data, conditioning,
+    latent scale and image size), the VAE (vae/) of a latent model, and with export= the diffusers DiTPipeline
+    folder."""
     save_scheduler(scheduler, folder)
-    meta = {"class_names": data.class_names, "datasets": list(data.datasets), "text_encoder": train.text_encoder,
-            "text_tokens": train.text_tokens, "train": asdict(train), "latent_scale": codec.scale if codec else None,
-            "image_size": codec.image_size if codec else None}
+    codec = run.codec
+    meta = {"class_names": run.class_names, "datasets": [captions] if captions else list(run.data.datasets),
+            "text_encoder": train.text_encoder, "text_tokens": train.text_tokens, "train": asdict(train),
+            "latent_scale": codec.scale if codec else None, "image_size": codec.image_size if codec else None}
+    if captions:
+        meta["conditioning"] = "captions"  # each image's own captions (mmfm.diffusion.captions)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "diffusion.json").write_text(json.dumps(meta, indent=2))
     if codec is None:
@@ -275,7 +341,7 @@ def save_extras(folder: Path, train: DiTTrain, model, scheduler, data: LabelledI
         from mmfm.interop.dit_pipeline import export_dit_pipeline
 
         export_dit_pipeline(model.cpu().eval(), make_sampler(train.sampler, scheduler.config), codec.vae.cpu(),
-                            codec.scale, data.class_names, train.export)
+                            codec.scale, run.class_names, train.export)
 
 
 def quality(model, scheduler, train: DiTTrain, judge: str | None, test: LabelledImages, prompts, codec=None) -> dict:
@@ -283,6 +349,10 @@ def quality(model, scheduler, train: DiTTrain, judge: str | None, test: Labelled
     on the model's device, of samples decoded by `codec` for a latent model; {} when the judge is None."""
     if judge is None:
         return {}
+    if isinstance(prompts, CaptionConditioner):  # caption runs: CLIP retrieval of the held-out captions
+        return caption_quality(model, make_sampler(train.sampler, scheduler.config), prompts, test,
+                               train.guidance_scale, train.sample_steps, train.eval_seed,
+                               decode=codec.decode if codec else None)
     classifier = mmfm.build_model(judge).eval().to(next(model.parameters()).device)
     sampler = make_sampler(train.sampler, scheduler.config)
     cond_fn = prompts.condition if prompts else None

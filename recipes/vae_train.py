@@ -5,6 +5,7 @@ on the real 28x28 data (MNIST-5k digits + animal silhouettes) padded to 32x32: 4
     python recipes/vae_train.py max_minutes=5 --max-steps 100000  # a 5-minute budget (the LR cosine follows the clock)
     python recipes/vae_train.py disc_start=100000 --out runs/vae_nogan    # the same without the adversarial term
     python recipes/vae_train.py --preset vae-test --max-steps 20 limit=64 --out /tmp/vae_smoke
+    python recipes/vae_train.py --data data/emoji_clipart/pairs.csv --out runs/vae_emoji    # RGB pairs at 32x32
 
 Writes <out>/model (a diffusers folder: `AutoencoderKL.from_pretrained(<out>/model)` opens it),
 <out>/metrics.json (test/psnr and test/ssim on the held-out split by image, measured on the 28x28 image content;
@@ -20,8 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import TensorDataset
 
-from mmfm.config import opt
+from mmfm.config import ConfigError, opt
 from mmfm.data.stepstream import resumable_loader
+from mmfm.diffusion.captions import load_captioned
 from mmfm.diffusion.latent import pad_to
 from mmfm.models.vae import VAE_PRESETS, PatchDiscriminator, build_vae, compression
 from mmfm.train import LossHistory, Timer, checkpoint_to_resume, finish, make_trainer, parse_args, recipe_parser, setup_logging, split_overrides
@@ -60,24 +62,25 @@ class VAETrain:
 
 def main(argv=None):
     setup_logging()
-    args = parse_args(recipe_parser(__doc__.splitlines()[0], "vae-mini", 3600, "runs/vae"), argv)
+    parser = recipe_parser(__doc__.splitlines()[0], "vae-mini", 3600, "runs/vae")
+    parser.add_argument("--data", default=None, help="image-text pairs (open_clip CSV/TSV or image + .txt folder): "
+                        "their images, resized to image_size, split as clip_pretrain splits them (default: datasets=)")
+    args = parse_args(parser, argv)
     if args.preset not in VAE_PRESETS:
         raise ValueError(f"--preset {args.preset!r}: choose a VAE preset from {sorted(VAE_PRESETS)}")
     routed = split_overrides(args.overrides, vae=set(VAE_PRESETS[args.preset]), train=VAETrain())
     train = VAETrain(**routed["train"])
     if train.threads:
         torch.set_num_threads(train.threads)
-    names = tuple(train.datasets.split(","))
-    data, test = load_labelled(names, "train", limit=train.limit), load_labelled(names, "test", limit=train.limit)
-    content = data.images.shape[-1]
+    train_images, test_images, content = load_images(args, train)
     size = train.image_size or content
     if size < content:
         raise ValueError(f"image_size={size}: the {content}x{content} images can only be padded, not shrunk")
-    images, val_images = split_off(pad_to(data.images, size), train.val_fraction, args.seed)
-    test_images = pad_to(test.images, size)
+    images, val_images = split_off(pad_to(train_images, size), train.val_fraction, args.seed)
+    test_images = pad_to(test_images, size)
     torch.manual_seed(args.seed)
     vae = build_vae(args.preset, in_channels=images.shape[1], sample_size=size, **routed["vae"])
-    disc = PatchDiscriminator(data.images.shape[1], train.disc_width, train.disc_layers)
+    disc = PatchDiscriminator(images.shape[1], train.disc_width, train.disc_layers)
     log.info("%s: %d VAE + %d discriminator params, %dx compression, %d train / %d val / %d test images (%d px padded "
              "to %d)", args.preset, sum(p.numel() for p in vae.parameters()), sum(p.numel() for p in disc.parameters()),
              compression(vae), len(images), len(val_images), len(test_images), content, size)
@@ -113,6 +116,20 @@ def main(argv=None):
               ["held-out", "reconstructed"], [""] * len(show),
               f"PSNR {scores['psnr']:.2f} dB, SSIM {scores['ssim']:.3f} (all held-out images)")
     return finish(args, vae.cpu(), metrics, timer)
+
+
+def load_images(args, train: VAETrain) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(train images, held-out test images, their content size) in [-1, 1]: the built-in datasets= (28 px, padded
+    to image_size later), or with --data a user's image-text pairs resized to image_size (channels from the
+    images: 3 when any is in colour), split by image as recipes/clip_pretrain.py splits them (seed, 20%)."""
+    if args.data is None:
+        names = tuple(train.datasets.split(","))
+        data, test = load_labelled(names, "train", limit=train.limit), load_labelled(names, "test", limit=train.limit)
+        return data.images, test.images, data.images.shape[-1]
+    if not train.image_size:
+        raise ConfigError(f"--data {args.data}: image_size=0 keeps the images' size; give the size to resize to")
+    data, test, _ = load_captioned(args.data, train.image_size, seed=args.seed, limit=train.limit)
+    return data.images, test.images, train.image_size
 
 
 def split_off(images: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

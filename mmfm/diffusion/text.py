@@ -31,27 +31,25 @@ def class_captions(class_names: list[str]) -> tuple[list[list[str]], list[str]]:
     return train, prompts
 
 
-class PromptConditioner:
-    """Precomputed text conditions for a fixed caption set. `batch_condition((images, labels))` picks a random
-    training caption of each label; `condition(labels)` uses each class's evaluation prompt."""
+class TextConditioner:
+    """A frozen mmfm CLIP and precomputed text features: `encode`, the feature tables' device moves and row picks,
+    and CLIP image embeddings in the tower's own preprocessing. PromptConditioner (class captions) and
+    mmfm.diffusion.captions.CaptionConditioner (each image's own captions) fill the tables."""
 
-    def __init__(self, clip, class_names: list[str], tokens: bool = False):
+    def __init__(self, clip, tokens: bool = False):
         self.clip = clip.eval().requires_grad_(False)
-        self.class_names, self.tokens = class_names, tokens
-        captions, self.prompts = class_captions(class_names)
-        self.n_templates = len(captions[0])
-        flat = [c for caps in captions for c in caps]
-        self.train_feats = self.encode(flat)  # dict of (C * n_templates, ...)
-        self.prompt_feats = self.encode(self.prompts)  # dict of (C, ...)
+        self.tokens = tokens
+        self.train_feats: dict = {}
+        self.prompt_feats: dict = {}
 
-    @classmethod
-    def from_folder(cls, path: str, class_names: list[str], tokens: bool = False) -> "PromptConditioner":
+    @staticmethod
+    def load_clip(path: str):
         import mmfm
 
         clip = mmfm.build_model(path)
         if clip.config.family != "clip" or clip.tokenizer is None:
             raise ValueError(f"{path} must be a saved mmfm CLIP folder with its tokenizer")
-        return cls(clip, class_names, tokens)
+        return clip
 
     @property
     def text_dim(self) -> int:
@@ -71,7 +69,7 @@ class PromptConditioner:
             out["context"], out["context_mask"] = self.clip.text.forward_tokens(ids), mask.bool()
         return out
 
-    def to(self, device) -> "PromptConditioner":
+    def to(self, device):
         """Move the CLIP tower and the precomputed features (e.g. to the accelerator a run trained on)."""
         self.clip.to(device)
         self.train_feats = {k: v.to(device) for k, v in self.train_feats.items()}
@@ -86,23 +84,48 @@ class PromptConditioner:
                 feats[k] = v.to(index.device)
         return {k: v[index] for k, v in feats.items()}
 
+    def condition(self, index: torch.Tensor) -> dict:
+        """The evaluation prompts' features, rows `index`."""
+        return self._pick(self.prompt_feats, index)
+
+    @torch.no_grad()
+    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) in [-1, 1], on any device -> (N, embed_dim) CLIP image embeddings on the tower's device;
+        each chunk goes through the tower's preprocessing (its image_mean / image_std)."""
+        c = self.clip.config
+        device = next(self.clip.parameters()).device
+        mean = torch.tensor(c.image_mean, device=device).view(1, -1, 1, 1)  # (1, C, 1, 1)
+        std = torch.tensor(c.image_std, device=device).view(1, -1, 1, 1)  # (1, C, 1, 1)
+        return torch.cat([self.clip.encode_image(((x.to(device) + 1) / 2 - mean) / std) for x in images.split(500)])
+
+
+class PromptConditioner(TextConditioner):
+    """Precomputed text conditions for a fixed caption set. `batch_condition((images, labels))` picks a random
+    training caption of each label; `condition(labels)` uses each class's evaluation prompt."""
+
+    def __init__(self, clip, class_names: list[str], tokens: bool = False):
+        super().__init__(clip, tokens)
+        self.class_names = class_names
+        captions, self.prompts = class_captions(class_names)
+        self.n_templates = len(captions[0])
+        flat = [c for caps in captions for c in caps]
+        self.train_feats = self.encode(flat)  # dict of (C * n_templates, ...)
+        self.prompt_feats = self.encode(self.prompts)  # dict of (C, ...)
+
+    @classmethod
+    def from_folder(cls, path: str, class_names: list[str], tokens: bool = False) -> "PromptConditioner":
+        return cls(cls.load_clip(path), class_names, tokens)
+
     def batch_condition(self, batch) -> dict:
         labels = batch[1]
-        pick = labels * self.n_templates + torch.randint(0, self.n_templates, labels.shape, device=labels.device)  # (B,)
+        pick = labels * self.n_templates + torch.randint(0, self.n_templates, labels.shape,
+                                                         device=labels.device)  # (B,)
         return self._pick(self.train_feats, pick)
-
-    def condition(self, labels: torch.Tensor) -> dict:
-        return self._pick(self.prompt_feats, labels)
 
     @torch.no_grad()
     def retrieval(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         """Top-1 of prompt retrieval: the fraction of images whose most similar class prompt (CLIP cosine) is
         their own. images in [-1, 1], on any device: each chunk runs on the CLIP tower's device."""
-        c = self.clip.config
-        device = next(self.clip.parameters()).device
-        mean = torch.tensor(c.image_mean, device=device).view(1, -1, 1, 1)  # (1, C, 1, 1)
-        std = torch.tensor(c.image_std, device=device).view(1, -1, 1, 1)  # (1, C, 1, 1)
-        img = torch.cat([self.clip.encode_image(((x.to(device) + 1) / 2 - mean) / std)  # the tower's preprocessing
-                         for x in images.split(500)])  # (N, E)
-        sims = img @ F.normalize(self.prompt_feats["text"].to(device), dim=-1).T  # (N, C)
-        return (sims.argmax(-1) == labels.to(device)).float().mean().item()
+        img = self.image_embeddings(images)  # (N, E)
+        sims = img @ F.normalize(self.prompt_feats["text"].to(img.device), dim=-1).T  # (N, C)
+        return (sims.argmax(-1) == labels.to(img.device)).float().mean().item()
