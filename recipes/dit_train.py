@@ -284,7 +284,7 @@ def caption_data(args, train: DiTTrain, routed: dict, cfg) -> RunData:
                           "from text_encoder=)")
     data, test, sizes, codec, images, routed["model"] = caption_training_data(
         args.data, asdict(cfg), routed["model"], train.vae, seed=args.seed, limit=train.limit)
-    rows = [c if len(c) <= 40 else c[:38] + ".." for c in test.first_captions[:GRID_ROWS]]
+    rows = [c if len(c) <= 32 else c[:30] + ".." for c in test.first_captions[:GRID_ROWS]]
     return RunData(data, test, images, torch.arange(len(images)), codec, [], rows, sizes)
 
 
