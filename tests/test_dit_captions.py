@@ -115,6 +115,20 @@ def test_dit_recipe_on_captions_in_pixels(tmp_path, pairs_and_clip):
     assert meta["conditioning"] == "captions" and meta["datasets"] == [str(csv_path)] and meta["class_names"] == []
     assert (out / "samples.png").stat().st_size > 1000
 
+    # caption_eval re-scores the saved model: with the conditioning CLIP it reproduces the recipe's metrics ...
+    from mmfm.diffusion.caption_eval import rescore
+
+    again = rescore(out / "model", csv_path)
+    for key in ("clip_top1/captions", "clip_top5/captions", "clip_top1_real/captions", "fid_clip/captions"):
+        assert again[key] == pytest.approx(m[key], abs=1e-6), key
+    # ... and an independent judge CLIP scores the same samples in its own space
+    torch.manual_seed(1)
+    judge = tmp_path / "judge"
+    tiny_clip([r["title"] for r in csv.DictReader(open(csv_path))]).save_pretrained(judge)
+    judged = rescore(out / "model", csv_path, judge=str(judge))
+    assert judged["judge"] == str(judge) and 0 <= judged["clip_top1/captions"] <= judged["clip_top5/captions"] <= 1
+    assert judged["fid_clip/captions"] != pytest.approx(m["fid_clip/captions"])
+
 
 def test_dit_recipe_on_captions_in_vae_latents(tmp_path, pairs_and_clip):
     csv_path, clip_dir = pairs_and_clip
@@ -129,6 +143,15 @@ def test_dit_recipe_on_captions_in_vae_latents(tmp_path, pairs_and_clip):
     assert 0 <= m["clip_top1/captions"] <= 1 and m["fid_clip/captions"] >= 0
     meta = json.loads((out / "model" / "diffusion.json").read_text())
     assert meta["image_size"] == 16 and meta["latent_scale"] > 0 and (out / "model" / "vae" / "config.json").is_file()
+    from mmfm.diffusion.caption_eval import rescore
+
+    again = rescore(out / "model", csv_path)  # decodes through the saved VAE at the saved scale
+    assert again["clip_top1/captions"] == pytest.approx(m["clip_top1/captions"], abs=1e-6)
+    assert again["fid_clip/captions"] == pytest.approx(m["fid_clip/captions"], rel=1e-4)
+    with pytest.raises(ValueError, match="not a caption-conditioned DiT"):
+        json_path = out / "model" / "diffusion.json"
+        json_path.write_text(json.dumps({**meta, "conditioning": None}))
+        rescore(out / "model", csv_path)
 
 
 def test_vae_recipe_on_rgb_pairs(tmp_path, pairs_and_clip):

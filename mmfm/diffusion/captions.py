@@ -123,16 +123,26 @@ class ClipImageFeatures(nn.Module):
 
 
 def caption_quality(model, sampler, conditioner: CaptionConditioner, test: CaptionedImages, guidance_scale: float,
-                    steps: int = 20, seed: int = 0, decode=None) -> dict:
+                    steps: int = 20, seed: int = 0, decode=None, judge: CaptionConditioner | None = None) -> dict:
     """One guided sample per held-out image, from its caption; CLIP retrieval of each sample's caption among the
-    unique held-out captions (top-1 / top-5) beside the real images' same score (the ceiling), and FID in the
-    CLIP image tower's space: samples of a seeded half of the captions against the other half's real images,
-    beside the real-vs-real distance of the same halves (the floor)."""
-    from ..eval.gen_quality import frechet_distance, generate
+    unique held-out captions (top-1 / top-5) beside the real images' same score, and FID in the CLIP image
+    tower's space: samples of a seeded half of the captions against the other half's real images, beside the
+    real-vs-real distance of the same halves (the floor). `judge` (a conditioner on another CLIP, with the same
+    prompts) scores instead of the conditioning CLIP, whose own retrieval guided samples can game."""
+    from ..eval.gen_quality import generate
 
     index = torch.arange(len(test))
     fake = generate(model, sampler, index, guidance_scale, steps, seed=seed, cond_fn=conditioner.condition)
     fake = fake if decode is None else decode(fake)
+    return score_captioned(fake, test, judge or conditioner, seed, f"guidance {guidance_scale:.2f}")
+
+
+def score_captioned(fake: torch.Tensor, test: CaptionedImages, conditioner: CaptionConditioner, seed: int = 0,
+                    tag: str = "") -> dict:
+    """The metrics of caption_quality for samples `fake` (N, C, H, W), one per held-out image, in order."""
+    from ..eval.gen_quality import frechet_distance
+
+    index = torch.arange(len(test))
     out = {f"clip_{k}/captions": v for k, v in conditioner.retrieval(fake, index).items()}
     out.update({f"clip_{k}_real/captions": v for k, v in conditioner.retrieval(test.images, index).items()})
     half = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
@@ -142,8 +152,8 @@ def caption_quality(model, sampler, conditioner: CaptionConditioner, test: Capti
         out["fid_clip/captions"] = frechet_distance(features, test.images[b], fake[a])
         out["fid_clip_floor/captions"] = frechet_distance(features, test.images[b], test.images[a])
     out.update({"eval/captions": len(test), "eval/unique_captions": len(conditioner.unique_text)})
-    log.info("guidance %.2f captions: CLIP top-1 %.3f top-5 %.3f (real %.3f / %.3f), CLIP FID %s (floor %s)",
-             guidance_scale, out["clip_top1/captions"], out["clip_top5/captions"], out["clip_top1_real/captions"],
+    log.info("%s captions: CLIP top-1 %.3f top-5 %.3f (real %.3f / %.3f), CLIP FID %s (floor %s)",
+             tag, out["clip_top1/captions"], out["clip_top5/captions"], out["clip_top1_real/captions"],
              out["clip_top5_real/captions"], out.get("fid_clip/captions"), out.get("fid_clip_floor/captions"))
     return out
 
