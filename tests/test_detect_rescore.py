@@ -38,16 +38,17 @@ def test_rescore_merges_classes_and_takes_the_classifier_labels():
     pred = {"boxes": boxes, "scores": torch.tensor([0.9, 0.6, 0.4]), "labels": torch.tensor([1, 2, 5])}
     p = torch.tensor([0.1, 0.2, 0.7])
     clf = Fixed(p.log()[None])
-    out = rescore([pred], torch.zeros(1, 1, 96, 96), clf, RescoreConfig(top_k=2, power=1.0), side=16)[0]
+    out = rescore([pred], torch.zeros(1, 1, 96, 96), clf, RescoreConfig(top_k=2, power=1.0, nms_iou=0.5), side=16)[0]
     # the first two boxes overlap (IoU > 0.5) and merge into the 0.9 one; the third stays
     assert len(out["boxes"]) == 4 and torch.equal(out["boxes"][0], boxes[0]) and torch.equal(out["boxes"][2], boxes[2])
     assert out["labels"].tolist() == [2, 1, 2, 1]  # the classifier's top-2, not the detector's labels
     assert torch.allclose(out["scores"], torch.tensor([0.9 * 0.7, 0.9 * 0.2, 0.4 * 0.7, 0.4 * 0.2]))
-    assert clf.seen[0].shape == (2, 1, 16, 16)  # one crop per merged box at the classifier's side
-    flat = rescore([pred], torch.zeros(1, 1, 96, 96), clf, RescoreConfig(top_k=1, power=0.0), side=16)[0]
+    assert clf.seen[0].shape == (2, 1, 16, 16) and len(clf.seen) == 2  # per context: a crop per merged box
+    flat = rescore([pred], torch.zeros(1, 1, 96, 96), clf, RescoreConfig(top_k=1, power=0.0, contexts=1.5), side=16)[0]
     assert torch.allclose(flat["scores"], torch.tensor([0.7, 0.7]))  # power 0: the classifier alone
     empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
     assert [len(o["boxes"]) for o in rescore([empty, pred], torch.zeros(2, 1, 96, 96), clf, side=16)] == [0, 6]
+    # top_k 5 of 3 classes -> 3 per box; defaults merge at IoU 0.4
     assert [len(o["boxes"]) for o in rescore([empty], torch.zeros(1, 1, 96, 96), clf, side=16)] == [0]
 
 
@@ -58,10 +59,10 @@ def test_classifier_saved_beside_the_detector_loads_equal(tmp_path):
     assert load_classifier(tmp_path) is None  # no second stage saved yet
     clf = source_classifier("vit", 20, vit=default_vit(cfg, dim=32, depth=1, n_heads=2), side=32).eval()
     save_classifier(clf, {"backbone": "vit", "num_classes": 20, "side": 32,
-                          "rescore": {"context": 1.3, "top_k": 2}}, tmp_path)
+                          "rescore": {"contexts": [1.3, 1.6], "top_k": 2}}, tmp_path)
     loaded, rcfg, side = load_classifier(tmp_path)
     x = torch.randn(3, 1, 32, 32)
-    assert side == 32 and rcfg == RescoreConfig(context=1.3, top_k=2)
+    assert side == 32 and rcfg == RescoreConfig(contexts=(1.3, 1.6), top_k=2)
     assert torch.allclose(loaded(x), clf(x), atol=1e-6)
 
 
@@ -70,6 +71,9 @@ def test_bad_rescore_override_refused_by_name():
     from mmfm.train import split_overrides
 
     assert split_overrides({"top_k": 2}, rescore=RescoreConfig()) == {"rescore": {"top_k": 2}}
-    for bad in ({"context": 0.5}, {"top_k": 0}, {"nms_iou": 1.5}):
+    assert split_overrides({"contexts": [1.3, 1.6]}, rescore=RescoreConfig())["rescore"]["contexts"] == (1.3, 1.6)
+    for bad in ({"top_k": 0}, {"nms_iou": 1.5}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             split_overrides(bad, rescore=RescoreConfig())
+    with pytest.raises(ValueError, match="contexts"):
+        RescoreConfig(contexts=(1.3, 0.9))

@@ -6,8 +6,9 @@ crops of train-split sources only, so the second stage sees nothing the detector
     preds = rescore(preds, images, classifier)           # class-agnostic boxes, classes from the crop classifier
 
 Per image: the detector's boxes are merged across classes (class-agnostic NMS, the box keeping its best score as
-objectness), each box's square surround is cropped and resized to the classifier's input (torchvision's roi_align),
-and the box is emitted once per top-k class with score objectness^power x p(class | crop).
+objectness), each box's square surround is cropped at a few context sizes and resized to the classifier's input
+(torchvision's roi_align), the class probabilities are averaged over them, and the box is emitted once per top-k
+class with score objectness^power x p(class | crops).
 """
 from __future__ import annotations
 
@@ -20,11 +21,19 @@ from ..config import opt
 
 @dataclass
 class RescoreConfig:
-    context: float = opt(1.45, gt=1.0)  # crop side / the box's longer side (pretraining objects fill ~60-90% of a crop)
-    nms_iou: float = opt(0.5, gt=0.0, hi=1.0)  # class-agnostic NMS over the detector's boxes
-    top_k: int = opt(3, lo=1)  # classes emitted per box
+    # crop side / the box's longer side (pretraining objects fill ~60-90% of a crop); the class probabilities are
+    # averaged over these crops (round ten, val: (1.3, 1.45) mAP@0.5 0.815, 1.45 alone 0.792)
+    contexts: tuple[float, ...] = (1.3, 1.45)
+    nms_iou: float = opt(0.4, gt=0.0, hi=1.0)  # class-agnostic NMS over the detector's boxes
+    top_k: int = opt(5, lo=1)  # classes emitted per box
     max_boxes: int = opt(20, lo=1)  # boxes per image kept for the classifier (highest objectness first)
     power: float = opt(1.0, lo=0.0)  # weight of the detector's objectness in the final score
+
+    def __post_init__(self):
+        self.contexts = tuple(float(c) for c in (self.contexts if isinstance(self.contexts, (tuple, list))
+                                                 else (self.contexts,)))
+        if not self.contexts or min(self.contexts) <= 1.0:
+            raise ValueError(f"contexts={self.contexts}: one or more crop/box side ratios, each > 1")
 
 
 def box_crops(images: torch.Tensor, boxes: list[torch.Tensor], side: int, context: float) -> torch.Tensor:
@@ -59,11 +68,11 @@ def rescore(preds: list[dict], images: torch.Tensor | list, classifier: torch.nn
     images = torch.stack(list(images)) if not torch.is_tensor(images) else images
     merged = [merge_classes(p, cfg) for p in preds]
     boxes = [b for b, _ in merged]
-    crops = box_crops(images, boxes, side, cfg.context)  # (N, C, side, side)
-    classifier.eval()
-    if not len(crops):
+    if not sum(len(b) for b in boxes):
         return [{"boxes": b, "scores": s, "labels": torch.zeros(0, dtype=torch.long)} for b, s in merged]
-    probs = torch.cat([classifier(c).softmax(-1) for c in crops.split(batch)])  # (N, classes)
+    classifier.eval()
+    probs = sum(torch.cat([classifier(c).softmax(-1) for c in box_crops(images, boxes, side, ctx).split(batch)])
+                for ctx in cfg.contexts) / len(cfg.contexts)  # (N, classes), averaged over the crop contexts
     k = min(cfg.top_k, probs.shape[-1])
     out, start = [], 0
     for b, obj in merged:
