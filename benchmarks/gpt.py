@@ -15,7 +15,11 @@ The fp32 matmul rate is measured in the same run; `mfu` is each peer's 6N + 12LT
 Generation: batch 1 and a ragged batch of 8 (prompt lengths 4..prompt-len), `--new-tokens` greedy tokens per
 row, mmfm's `generate` against transformers' `generate` with a dynamic and with a static KV cache (its
 documented CPU options without torch.compile); the faster transformers setting is the ratio's denominator.
-Both sides must produce the same tokens. nanoGPT's `generate` has no KV cache and is not timed.
+mmfm's `generate` runs its one-token steps on `decode_threads(model, batch)` intra-op threads (one for small
+models); where that is fewer than torch's setting, transformers runs once more with torch set to that count
+(`generate_ratio_same_threads`), so that the thread choice is not mistaken for a faster model. Every side must
+produce the same tokens. nanoGPT's `generate` has no KV cache and is not timed. `--only generate` (or `train`)
+times one part.
 
 Without `--nanogpt DIR` (DIR holds nanoGPT's model.py) nanoGPT is left out with a message; without an
 importable litgpt (`pip install --no-deps litgpt`, see install.sh) litgpt is left out with a message.
@@ -32,6 +36,8 @@ import torch.nn.functional as F
 import mmfm
 from gpt_peers import litgpt_twin, load_nanogpt_module, nanogpt, transformers_gpt2  # benchmarks/
 from timing import best_rate, matmul_gflops  # benchmarks/timing.py
+
+from mmfm.models.generation import decode_threads, intra_op_threads
 
 def fused_step(loss_fn, params):
     """One training step (loss, backward, fused AdamW over every parameter) as step(x, y) -> loss."""
@@ -125,22 +131,41 @@ def hf_generate(hf, rows, n: int, cache: str):
     return out[:, width:].tolist()
 
 
+def generation_runners(args, ours, hf, rows, batch: int) -> tuple[dict, int]:
+    """name -> callable returning the new tokens, and mmfm's decode thread count. transformers runs at torch's
+    thread count (its documented settings) and, where mmfm's decode uses fewer (`decode_threads`), once more
+    with torch set to that count for its whole call."""
+    def hf_at(cache: str, threads: int | None = None):
+        def run():
+            with intra_op_threads(threads):
+                return hf_generate(hf, rows, args.new_tokens, cache)
+        return run
+    gens = {"mmfm": lambda: ours.generate(rows, args.new_tokens, temperature=0).tolist(),
+            "transformers_dynamic_cache": hf_at("dynamic"), "transformers_static_cache": hf_at("static")}
+    threads = decode_threads(ours, batch)
+    if threads != torch.get_num_threads():
+        for cache in ("dynamic", "static"):
+            gens[f"transformers_{cache}_cache_{threads}_thread"] = hf_at(cache, threads)
+    return gens, threads
+
+
 def time_generation(args, ours, hf) -> dict:
     ours.eval(), hf.eval()
     out = {}
     for batch in (1, 8):
         rows = ragged_prompts(args, batch, seed=batch)
-        gens = {"mmfm": lambda: ours.generate(rows, args.new_tokens, temperature=0).tolist(),
-                "transformers_dynamic_cache": lambda: hf_generate(hf, rows, args.new_tokens, "dynamic"),
-                "transformers_static_cache": lambda: hf_generate(hf, rows, args.new_tokens, "static")}
+        gens, threads = generation_runners(args, ours, hf, rows, batch)
         with torch.no_grad():
             ids = {k: g() for k, g in gens.items()}  # warm-up, and the tokens compared below
             rates = best_rate(gens, batch * args.new_tokens, args.rounds)
-        best_hf = max(rates["transformers_dynamic_cache"], rates["transformers_static_cache"])
+        documented = max(rates["transformers_dynamic_cache"], rates["transformers_static_cache"])
+        same = max(v for k, v in rates.items() if k.startswith("transformers") and
+                   (threads == torch.get_num_threads() or k.endswith("_thread")))
         out[f"batch{batch}"] = {"tokens_per_s": {k: round(v) for k, v in rates.items()},
-                                "ratio": round(rates["mmfm"] / best_hf, 2),
-                                "same_greedy_tokens": ids["mmfm"] == ids["transformers_dynamic_cache"]
-                                == ids["transformers_static_cache"],
+                                "ratio": round(rates["mmfm"] / documented, 2),
+                                "ratio_same_threads": round(rates["mmfm"] / same, 2),
+                                "mmfm_decode_threads": threads,
+                                "same_greedy_tokens": all(v == ids["mmfm"] for v in ids.values()),
                                 "new_tokens_each": sorted({len(r) for v in ids.values() for r in v})}
     return out
 
@@ -163,6 +188,8 @@ def parse(argv):
     p.add_argument("--json", default=None, metavar="PATH", help="also write the result here")
     p.add_argument("--rope-only", action="store_true",
                    help="time only the RoPE pair (mmfm pos='rope' vs litgpt): no GPT-2 layout, no generation")
+    p.add_argument("--only", default=None, choices=("train", "generate"),
+                   help="time only the training step or only generation (default: both)")
     args = p.parse_args(argv)
     for flag in ("n_layer", "n_embd", "n_head", "block_size", "batch_size", "vocab_size", "train_steps",
                  "new_tokens", "rounds"):
@@ -178,6 +205,8 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     losses, models, settings, (ours, hf) = build_contenders(args)
+    if args.rope_only and args.only == "generate":
+        raise SystemExit("--rope-only times no generation: drop --only generate")
     if args.rope_only:
         if "litgpt" not in models:
             raise SystemExit("--rope-only needs litgpt (pip install --no-deps litgpt==0.5.13, see install.sh)")
@@ -186,11 +215,13 @@ def main(argv=None) -> dict:
     batch = (x[:, :-1].contiguous(), x[:, 1:].contiguous())  # (B, T) each
     for m in models.values():
         m.train()
-    peak = matmul_gflops()
-    train, initial = time_training(args, losses, models, batch)
+    train, initial, peak = {}, {}, None
+    if args.only != "generate":
+        peak = matmul_gflops()
+        train, initial = time_training(args, losses, models, batch)
     fpt = {k: flops_per_token(m, ours.config, args.block_size) for k, m in models.items()}
-    gen = {} if args.rope_only else time_generation(args, ours, hf)
-    fastest_peer = max((k for k in train if k not in ("mmfm", "mmfm_rope")), key=train.get)
+    gen = {} if args.rope_only or args.only == "train" else time_generation(args, ours, hf)
+    fastest_peer = max((k for k in train if k not in ("mmfm", "mmfm_rope")), key=train.get, default=None)
     result = {
         "config": {k: getattr(args, k) for k in ("n_layer", "n_embd", "n_head", "block_size", "batch_size",
                                                    "vocab_size", "gelu", "new_tokens", "prompt_len")},
@@ -198,7 +229,7 @@ def main(argv=None) -> dict:
         "settings": settings,
         "params": {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()},
         "initial_loss": {k: round(v, 5) for k, v in initial.items()},
-        "matmul_fp32_gflops": round(peak, 1),
+        "matmul_fp32_gflops": round(peak, 1) if train else None,
         "train_tokens_per_s": {k: round(v) for k, v in train.items()},
         "train_ratio": {k: round(train["mmfm_rope" if k == "litgpt" else "mmfm"] / v, 3)
                         for k, v in train.items() if k not in ("mmfm", "mmfm_rope")},
@@ -206,6 +237,8 @@ def main(argv=None) -> dict:
         "fastest_peer": fastest_peer,
         "generate_tokens_per_s": {b: g["tokens_per_s"] for b, g in gen.items()},
         "generate_ratio": {b: g["ratio"] for b, g in gen.items()},
+        "generate_ratio_same_threads": {b: g["ratio_same_threads"] for b, g in gen.items()},
+        "generate_mmfm_decode_threads": {b: g["mmfm_decode_threads"] for b, g in gen.items()},
         "generate_same_tokens": {b: g["same_greedy_tokens"] for b, g in gen.items()},
         "generate_new_tokens_each": {b: g["new_tokens_each"] for b, g in gen.items()},
     }
@@ -219,16 +252,20 @@ def main(argv=None) -> dict:
 
 def report(r: dict) -> None:
     tps, mfu = r["train_tokens_per_s"], r["mfu"]
-    print(f"fp32 matmul: {r['matmul_fp32_gflops']} GFLOP/s; training tokens/s (share of that rate by 6N+12LTC):")
+    if tps:
+        print(f"fp32 matmul: {r['matmul_fp32_gflops']} GFLOP/s; training tokens/s (share of that rate by 6N+12LTC):")
     for k, v in tps.items():
         ref = "mmfm_rope" if k in ("litgpt", "mmfm_rope") else "mmfm"
         print(f"  {k:14s} {v:8d}  mfu {mfu[k]:.2f}  mmfm/{k}: {tps[ref] / v:.2f}x  [{r['settings'][k]}]")
     for b, ratio in r["generate_ratio"].items():
-        g = r["generate_tokens_per_s"][b]
-        print(f"generation {b}: mmfm {g['mmfm']} vs transformers {g['transformers_dynamic_cache']} (dynamic cache) / "
-              f"{g['transformers_static_cache']} (static cache) tokens/s -> {ratio}x the faster; "
-              f"same tokens: {r['generate_same_tokens'][b]}")
-
+        g, threads = r["generate_tokens_per_s"][b], r["generate_mmfm_decode_threads"][b]
+        print(f"generation {b}: mmfm {g['mmfm']} (decode on {threads} thread(s)) vs transformers "
+              f"{g['transformers_dynamic_cache']} (dynamic cache) / {g['transformers_static_cache']} (static cache) "
+              f"tokens/s at {r['threads']} threads -> {ratio}x the faster; same tokens: {r['generate_same_tokens'][b]}")
+        same = {k: v for k, v in g.items() if k.endswith("_thread")}
+        if same:
+            print(f"  transformers with torch at {threads} thread(s) as well: {same} -> "
+                  f"{r['generate_ratio_same_threads'][b]}x the faster")
 
 if __name__ == "__main__":
     t0 = time.perf_counter()

@@ -90,6 +90,21 @@ def test_gpt_benchmark_peers_are_the_same_model(tmp_path):
     assert (tmp_path / "gpt.json").is_file()
 
 
+def test_gpt_benchmark_only_generation_reports_the_thread_fair_ratio():
+    import gpt
+
+    r = gpt.main(TINY + ["--only", "generate"])
+    assert r["train_tokens_per_s"] == {} and r["matmul_fp32_gflops"] is None
+    for batch in ("batch1", "batch8"):
+        assert r["generate_same_tokens"][batch] and r["generate_ratio_same_threads"][batch] > 0
+        threads = r["generate_mmfm_decode_threads"][batch]
+        extra = {k for k in r["generate_tokens_per_s"][batch] if k.endswith("_thread")}
+        assert extra == (set() if threads == r["threads"] else
+                         {f"transformers_{c}_cache_{threads}_thread" for c in ("dynamic", "static")})
+    with pytest.raises(SystemExit):
+        gpt.main(TINY + ["--only", "generate", "--rope-only"])
+
+
 def test_gpt_benchmark_without_nanogpt_says_so(tmp_path, capsys):
     import gpt
 

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import numbers
@@ -170,7 +171,7 @@ def _check_stops(stop_tokens, stop_strings, vocab: int) -> None:
 
 
 def _check_generate(model, rows, max_new_tokens, temperature, top_k, top_p, stop_tokens, stop_strings,
-                    pad_id, generator, text: bool) -> None:
+                    pad_id, generator, text: bool, threads=None) -> None:
     """Every argument of `generate`, before any torch work: a TypeError / ValueError naming it."""
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     vocab = model.config.vocab_size
@@ -185,6 +186,10 @@ def _check_generate(model, rows, max_new_tokens, temperature, top_k, top_p, stop
     _check_stops(stop_tokens, stop_strings, vocab)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if threads is not None and not _is_int(threads):
+        raise TypeError(f"threads must be None (automatic) or an int >= 1, got {threads!r}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be None (automatic) or an int >= 1, got {threads}")
     longest, block = max(len(r) for r in rows) + max_new_tokens, model.config.block_size
     if longest > block:
         log.warning("prompt + max_new_tokens = %d tokens exceed block_size %d: past it the context is a sliding "
@@ -266,20 +271,55 @@ def _next_logits_fn(model, seq, mask, T0: int, N: int, use_cache: bool, padded: 
     return _in_window(model, seq, mask, T0, caches, padded)
 
 
-def _decode(seq, T0: int, N: int, next_logits, stopper, logps, pad_id: int, pick) -> int:
-    """Fill seq[:, T0:T0 + N] token by token; returns the number of steps taken."""
+def decode_threads(model, batch: int) -> int:
+    """Intra-op threads for the one-token steps of `generate` on the CPU (the prefill keeps torch's setting).
+
+    A step of a small model is a chain of ~100 kernels of a few microseconds each; spreading each one over
+    several threads costs a fork and a barrier per kernel, and on a shared machine a barrier waits for a
+    descheduled thread (docs/performance.md, round ten). So: one thread while a step's weight matrices times
+    the batch stay under SMALL_STEP multiply-adds, torch's setting above that, and on other devices."""
+    p = next(model.parameters())
+    if p.device.type != "cpu":
+        return torch.get_num_threads()
+    matrices = sum(q.numel() for q in model.transformer.parameters() if q.dim() == 2)
+    return 1 if batch * matrices <= SMALL_STEP else torch.get_num_threads()
+
+
+SMALL_STEP = 2 ** 22  # multiply-adds of a step's weight matrices times the batch: one thread at or below
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int | None):
+    """torch.set_num_threads(n) inside the block (None: unchanged), restored after."""
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _decode(seq, T0: int, N: int, next_logits, stopper, logps, pad_id: int, pick, threads: int | None = None) -> int:
+    """Fill seq[:, T0:T0 + N] token by token, the steps after the prefill on `threads` intra-op threads;
+    returns the number of steps taken."""
     n = 0
-    for n in range(1, N + 1):
-        cur = T0 + n - 1  # tokens so far
-        logits = next_logits(n, cur).float()
-        nxt = pick(logits)  # (B,)
-        if stopper is not None:
-            nxt = nxt.masked_fill(stopper.done, pad_id)
-        seq[:, cur] = nxt
-        if logps is not None:
-            logps[:, n - 1] = torch.log_softmax(logits, -1).gather(-1, nxt[:, None]).squeeze(-1)
-        if stopper is not None and bool(stopper.update(seq[:, T0:cur + 1], nxt).all()):
-            break
+    with contextlib.ExitStack() as after_prefill:
+        for n in range(1, N + 1):
+            if n == 2:
+                after_prefill.enter_context(intra_op_threads(threads))
+            cur = T0 + n - 1  # tokens so far
+            logits = next_logits(n, cur).float()
+            nxt = pick(logits)  # (B,)
+            if stopper is not None:
+                nxt = nxt.masked_fill(stopper.done, pad_id)
+            seq[:, cur] = nxt
+            if logps is not None:
+                logps[:, n - 1] = torch.log_softmax(logits, -1).gather(-1, nxt[:, None]).squeeze(-1)
+            if stopper is not None and bool(stopper.update(seq[:, T0:cur + 1], nxt).all()):
+                break
     return n
 
 
@@ -287,7 +327,8 @@ def _decode(seq, T0: int, N: int, next_logits, stopper, logps, pad_id: int, pick
 def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, stop_tokens: Sequence[int] | None = None,
              stop_strings: Sequence[str] | None = None, return_logprobs: bool = False, use_cache: bool = True,
-             generator: torch.Generator | None = None, tokenizer=None, pad_id: int | None = None) -> Generation:
+             generator: torch.Generator | None = None, tokenizer=None, pad_id: int | None = None,
+             threads: int | None = None) -> Generation:
     """Sample up to `max_new_tokens` new tokens after each prompt.
 
     model: a causal LM with `model(idx, key_padding_mask, positions, caches) -> logits (B, T, V)`,
@@ -308,6 +349,9 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_
         block_size tokens. Without a cache each step re-runs the last block_size tokens (positions recounted
         inside the window, as in training): exact, and slower by the window's length.
     generator: a torch.Generator for reproducible sampling.
+    threads: intra-op threads for the one-token steps after the prefill (torch.set_num_threads inside the
+        call, restored after; process-wide, as torch's setting is). None: `decode_threads(model, batch)`,
+        one thread for small models on the CPU. The tokens do not depend on it.
     Returns a Generation: tokens (B, N), lengths (B,), logprobs (B, N) or None; `.tolist()`, `.texts()`.
     """
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
@@ -316,7 +360,7 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_
     rows = _as_rows(prompts, tokenizer)
     _check_generate(model, rows, max_new_tokens, temperature, top_k, top_p, stop_tokens, stop_strings, pad_id,
                     generator, text=isinstance(prompts, (str, list, tuple)) and bool(prompts)
-                    and isinstance(prompts[0], str))
+                    and isinstance(prompts[0], str), threads=threads)
     param = next(model.parameters())
     prompt, prompt_mask = left_pad(rows, pad_id, param.device)  # (B, T0) each
     (B, T0), N = prompt.shape, max_new_tokens
@@ -331,7 +375,8 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_
     next_logits = _next_logits_fn(model, seq, mask, T0, N, use_cache, padded)
     with torch.inference_mode():  # less per-op overhead than no_grad; results are cloned out below
         n = _decode(seq, T0, N, next_logits, stopper, logps, pad_id,
-                    lambda logits: sample_next(logits, temperature, top_k, top_p, generator))
+                    lambda logits: sample_next(logits, temperature, top_k, top_p, generator),
+                    threads if threads is not None else decode_threads(model, B))
     model.train(was_training)
     tokens = seq[:, T0:T0 + n].cpu().clone()  # (B, n)
     lengths = torch.full((B,), n, dtype=torch.long) if stopper is None else stopper.lengths.cpu().clone()

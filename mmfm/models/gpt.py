@@ -118,14 +118,14 @@ class GPT(Model):
         step(tokens (B,), pos, positions=None (B,), key_mask=None (B, Tk)) -> logits (B, V)."""
         if not StackDecoder.supports(self.transformer):
             return None
-        stack, wte, head = StackDecoder(self.transformer, caches), self.wte.weight, self.lm_head.weight
+        stack, wte, head_t = StackDecoder(self.transformer, caches), self.wte.weight, self.lm_head.weight.t()
         wpe = self.wpe.weight if self.wpe is not None else None
 
         def step(tokens, pos, positions=None, key_mask=None):
             x = F.embedding(tokens, wte)  # (B, C)
             if wpe is not None:
                 x = x + (wpe[pos] if positions is None else F.embedding(positions, wpe))
-            return F.linear(stack.step(x, pos, positions, key_mask), head)
+            return torch.mm(stack.step(x, pos, positions, key_mask), head_t)  # F.linear's kernel, no per-step .t()
         return step
 
     def generate(self, prompts, max_new_tokens: int, **kwargs):

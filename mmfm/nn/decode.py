@@ -3,9 +3,11 @@
 At batch 1 a decode step is bound by reading the weights; what the module path adds on top (module
 calls, mask and position bookkeeping, chunk/transpose views) is as large again at small widths. The
 StackDecoder runs the same blocks with the same parameter tensors (nothing is copied, so in-place
-optimizer updates are seen; build a new one per generate call) as a flat list of functional ops. It
-covers what GPT-style stacks use: LayerNorm or RMSNorm, GELU, ReLU² or SwiGLU MLPs, QK-norm, learned or
-rotary positions, a KV cache and an optional key mask.
+optimizer updates are seen; build a new one per generate call) as a flat list of functional ops: each
+linear is F.linear's own kernel (addmm / mm) on a transpose view taken once, residuals are added in place
+into the fresh projection outputs, cache slots are written through `narrow`, and a key mask is made additive
+once per step instead of by SDPA in every layer. It covers what GPT-style stacks use: LayerNorm or
+RMSNorm, GELU, ReLU² or SwiGLU MLPs, QK-norm, learned or rotary positions, a KV cache and an optional key mask.
 
     dec = StackDecoder(model.transformer, caches)   # after the prompt was prefilled into `caches`
     h = dec.step(x, pos)                            # x (B, C): the new token's embedding at cache slot `pos`
@@ -31,22 +33,28 @@ def _norm_fn(norm: nn.Module):
     return norm.forward  # RMSNorm: already plain tensor ops
 
 
+def _linear(linear: nn.Module):
+    """x (B, C) -> F.linear(x, weight, bias), the same kernel (addmm, or mm without a bias), with the weight's
+    transpose taken once: a 2-D F.linear calls `weight.t()` and then addmm/mm on every call."""
+    w_t, b = linear.weight.t(), linear.bias
+    if b is None:
+        return lambda x: torch.mm(x, w_t)
+    return lambda x: torch.addmm(b, x, w_t)
+
+
 def _mlp_fn(mlp: nn.Module):
-    w1, b1, w2, b2 = mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias
+    fc1, fc2 = _linear(mlp.fc1), _linear(mlp.fc2)
     if isinstance(mlp, SwiGLU):  # and its GEGLU
         act = mlp.act
 
         def swiglu(x):
-            gate, up = F.linear(x, w1, b1).chunk(2, dim=-1)
-            return F.linear(act(gate) * up, w2, b2)
+            gate, up = fc1(x).chunk(2, dim=-1)
+            return fc2(act(gate) * up)
         return swiglu
     if isinstance(mlp.act, ReLUSquared):
-        return lambda x: F.linear(F.relu(F.linear(x, w1, b1)).square(), w2, b2)
+        return lambda x: fc2(F.relu(fc1(x)).square())
     approximate = mlp.act.approximate  # F.gelu itself: one kernel beats GELU's in-place passes on (B, 4C) rows
-
-    def gelu(x):
-        return F.linear(F.gelu(F.linear(x, w1, b1), approximate=approximate), w2, b2)
-    return gelu
+    return lambda x: fc2(F.gelu(fc1(x), approximate=approximate))
 
 
 class StackDecoder:
@@ -62,9 +70,9 @@ class StackDecoder:
             raise ValueError("StackDecoder covers plain causal stacks in eval mode (no adaLN, cross-attention, "
                              "layer scale, drop path or dropout); use the module forward instead")
         self.n_heads = stack.cfg.n_heads
-        self.layers = [(_norm_fn(b.norm1), b.attn.qkv.weight, b.attn.qkv.bias, b.attn.proj.weight, b.attn.proj.bias,
-                        _norm_fn(b.norm2), _mlp_fn(b.mlp), c, b.attn.q_norm, b.attn.k_norm)
-                       for b, c in zip(stack.blocks, caches)]
+        self.caches = caches  # read per step: a caller may swap a cache's tensors (mmfm.align.sampling)
+        self.layers = [(_norm_fn(b.norm1), _linear(b.attn.qkv), _linear(b.attn.proj), _norm_fn(b.norm2),
+                        _mlp_fn(b.mlp), b.attn.q_norm, b.attn.k_norm) for b in stack.blocks]
         self.norm = _norm_fn(stack.norm)
         self.rope = None
         if stack.rope is not None:  # cos/sin tables for every cache slot: (L, Dh) each
@@ -94,20 +102,24 @@ class StackDecoder:
         B, C = x.shape
         H = self.n_heads
         rope = self._rotary(pos, positions) if self.rope is not None else None
-        mask = key_mask[:, None, None, :pos + 1] if key_mask is not None else None  # (B, 1, 1, Tk)
-        for norm1, w_qkv, b_qkv, w_proj, b_proj, norm2, mlp, cache, q_norm, k_norm in self.layers:
-            qkv = F.linear(norm1(x), w_qkv, b_qkv).view(B, 3, H, 1, C // H)  # (B, 3, H, 1, Dh)
-            q, k = qkv[:, 0], qkv[:, 1]
+        mask = None
+        if key_mask is not None:  # additive, once per step: SDPA would convert a bool mask in every layer
+            mask = torch.where(key_mask[:, None, None, :pos + 1], 0.0, float("-inf")).to(x.dtype)  # (B, 1, 1, Tk)
+        for (norm1, qkv_fn, proj, norm2, mlp, q_norm, k_norm), cache in zip(self.layers, self.caches):
+            qkv = qkv_fn(norm1(x)).view(B, 3, H, 1, C // H)  # (B, 3, H, 1, Dh)
+            q, k, v = qkv.unbind(1)  # (B, H, 1, Dh) each
             if q_norm is not None:
                 q, k = q_norm(q), k_norm(k)
             if rope is not None:
                 q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
             if rope is None and q_norm is None and cache.kv is not None:
-                cache.kv[:, :, :, pos:pos + 1] = qkv[:, 1:]  # keys and values in one copy: (B, 2, H, 1, Dh)
+                cache.kv.narrow(3, pos, 1).copy_(qkv.narrow(1, 1, 2))  # keys and values in one copy: (B, 2, H, 1, Dh)
             else:
-                cache.k[:, :, pos:pos + 1], cache.v[:, :, pos:pos + 1] = k, qkv[:, 2]
+                cache.k.narrow(2, pos, 1).copy_(k)
+                cache.v.narrow(2, pos, 1).copy_(v)
             cache.length = pos + 1
-            y = F.scaled_dot_product_attention(q, cache.k[:, :, :pos + 1], cache.v[:, :, :pos + 1], attn_mask=mask)
-            x = F.linear(y.view(B, C), w_proj, b_proj) + x  # (B, H, 1, Dh) -> (B, C)
-            x = mlp(norm2(x)) + x
+            y = F.scaled_dot_product_attention(q, cache.k.narrow(2, 0, pos + 1), cache.v.narrow(2, 0, pos + 1),
+                                               attn_mask=mask)
+            x = proj(y.view(B, C)).add_(x)  # (B, H, 1, Dh) -> (B, C); the residual added into the fresh output
+            x = mlp(norm2(x)).add_(x)
         return self.norm(x)
