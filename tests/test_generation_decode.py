@@ -77,6 +77,20 @@ def test_decode_threads_one_for_small_steps_torch_setting_above():
     assert decode_threads(model, SMALL_STEP // matrices + 1) == torch.get_num_threads()
 
 
+def test_cacheless_generation_keeps_torch_threads(monkeypatch):
+    """Without a KV cache every step is a full-window forward: the automatic choice leaves torch's setting."""
+    seen = []
+    real = generation._step_logits
+
+    def spying(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+    monkeypatch.setattr(generation, "_step_logits", spying)
+    with intra_op_threads(2):  # torch's setting above the automatic choice's one thread
+        mmfm.build_model("gpt-test").eval().generate(PROMPTS, 4, temperature=0, use_cache=False)
+    assert seen == [2] * 4
+
+
 def test_intra_op_threads_restores_after_an_error():
     before = torch.get_num_threads()
     with pytest.raises(RuntimeError, match="boom"):

@@ -351,7 +351,8 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_
     generator: a torch.Generator for reproducible sampling.
     threads: intra-op threads for the one-token steps after the prefill (torch.set_num_threads inside the
         call, restored after; process-wide, as torch's setting is). None: `decode_threads(model, batch)`,
-        one thread for small models on the CPU. The tokens do not depend on it.
+        one thread for small models on the CPU, with a cache (without one, every step is a full-window
+        forward and keeps torch's setting). The tokens do not depend on it.
     Returns a Generation: tokens (B, N), lengths (B,), logprobs (B, N) or None; `.tolist()`, `.texts()`.
     """
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
@@ -376,7 +377,7 @@ def generate(model, prompts, max_new_tokens: int, temperature: float = 1.0, top_
     with torch.inference_mode():  # less per-op overhead than no_grad; results are cloned out below
         n = _decode(seq, T0, N, next_logits, stopper, logps, pad_id,
                     lambda logits: sample_next(logits, temperature, top_k, top_p, generator),
-                    threads if threads is not None else decode_threads(model, B))
+                    threads if threads is not None or not use_cache else decode_threads(model, B))
     model.train(was_training)
     tokens = seq[:, T0:T0 + n].cpu().clone()  # (B, n)
     lengths = torch.full((B,), n, dtype=torch.long) if stopper is None else stopper.lengths.cpu().clone()
