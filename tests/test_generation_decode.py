@@ -77,8 +77,9 @@ def test_decode_threads_one_for_small_steps_torch_setting_above():
     assert decode_threads(model, SMALL_STEP // matrices + 1) == torch.get_num_threads()
 
 
-def test_cacheless_generation_keeps_torch_threads(monkeypatch):
-    """Without a KV cache every step is a full-window forward: the automatic choice leaves torch's setting."""
+@pytest.fixture
+def module_step_threads(monkeypatch):
+    """The thread count at every step that goes through the module forward (`_step_logits`), in order."""
     seen = []
     real = generation._step_logits
 
@@ -86,6 +87,12 @@ def test_cacheless_generation_keeps_torch_threads(monkeypatch):
         seen.append(torch.get_num_threads())
         return real(*a, **k)
     monkeypatch.setattr(generation, "_step_logits", spying)
+    return seen
+
+
+def test_cacheless_generation_keeps_torch_threads(module_step_threads):
+    """Without a KV cache every step is a full-window forward: the automatic choice leaves torch's setting."""
+    seen = module_step_threads
     with intra_op_threads(2):  # torch's setting above the automatic choice's one thread
         mmfm.build_model("gpt-test").eval().generate(PROMPTS, 4, temperature=0, use_cache=False)
     assert seen == [2] * 4
@@ -109,15 +116,9 @@ def test_bad_threads_refused(threads, exc):
         model.generate(PROMPTS, 2, temperature=0, threads=threads)
 
 
-def test_prefill_keeps_torch_threads(monkeypatch):
+def test_prefill_keeps_torch_threads(module_step_threads):
     """Only the steps after the prefill switch: step 1 (the whole prompt) runs at torch's setting."""
-    seen = []
-    real = generation._step_logits
-
-    def spying(*a, **k):
-        seen.append(torch.get_num_threads())
-        return real(*a, **k)
-    monkeypatch.setattr(generation, "_step_logits", spying)
+    seen = module_step_threads
     before = torch.get_num_threads()
     mmfm.build_model("gpt-test").eval().generate(PROMPTS, 6, temperature=0, threads=1)
     assert seen == [before]  # the prefill; the one-token steps went through the decoder
