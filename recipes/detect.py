@@ -6,7 +6,7 @@ a timm ResNet-18 (+ FPN), side by side.
     python recipes/detect.py --preset runs/vit_detect/model    # a saved mmfm ViT (in_chans 1) as the ViT backbone
 
 Canvases (mmfm.detect.canvas): 96x96, 1-4 objects of 20-40 px from MNIST-5k and the animal silhouettes (20 classes),
-split by SOURCE image: no test digit or animal is in any training canvas. Per backbone, two stages:
+split by SOURCE image: no test digit or animal is in any training canvas. Per backbone, three stages:
 1. pretraining (pretrain_steps: one count, or per backbone as the default "vit:0,resnet18:300"; 0 skips it): mmfm's
    ClassifyTask on 32-px crops of single TRAIN-split source images (mmfm.detect.SourceCrops; pretrain_batch,
    pretrain_lr, pretrain_side), on a copy of the detector's backbone (the ViT + a linear head, or mmfm's TimmNet
@@ -14,7 +14,10 @@ split by SOURCE image: no test digit or animal is in any training canvas. Per ba
    accuracy on VAL-split crops is reported (pretrain_val_acc/<name>);
 2. detection: --max-steps steps of FCOS (batch_size, lr, weight_decay, warmup_steps; the pretrained trunk at
    lr x backbone_lr_scale, one number or per backbone as "vit:1,resnet18:0.1"; augment=true adds random
-   shift/zoom, off by default since every training canvas is a fresh draw).
+   shift/zoom, off by default since every training canvas is a fresh draw);
+3. second stage (rescore=true, for a backbone with pretraining): FCOS's boxes merged across classes, each named by
+   the pretraining classifier on crops around it (mmfm.detect.rescore; contexts, top_k, nms_iou, max_boxes, power);
+   FCOS alone is reported too, under <split>/<name>/fcos/.
 The no-argument run is sized to 15 minutes for both backbones on the 2-core CPU (docs/vision_tasks.md, round nine).
 `--preset` (default vit-mini with 8-px patches at the canvas size) and model overrides (dim=, depth=, n_heads=,
 patch_size=) shape the ViT. Writes <out>/metrics.json (`test/map_50`, `test/map` of the first backbone, and
