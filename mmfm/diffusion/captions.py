@@ -78,8 +78,9 @@ class CaptionConditioner(TextConditioner):
         self.prompts = list(prompts)
         self.train_feats = self.encode_all([c for caps in train_captions for c in caps], batch_size)
         self.prompt_feats = self.encode_all(self.prompts, batch_size)
-        unique = list(dict.fromkeys(self.prompts))
-        self.unique_index = torch.tensor([unique.index(p) for p in self.prompts])  # (M,): prompt -> unique caption
+        position = {p: i for i, p in enumerate(dict.fromkeys(self.prompts))}  # unique caption -> its row
+        unique = list(position)
+        self.unique_index = torch.tensor([position[p] for p in self.prompts])  # (M,): prompt -> unique caption
         self.unique_text = self.encode_all(unique, batch_size)["text"]  # (U, E)
 
     @classmethod

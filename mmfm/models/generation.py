@@ -271,6 +271,9 @@ def _next_logits_fn(model, seq, mask, T0: int, N: int, use_cache: bool, padded: 
     return _in_window(model, seq, mask, T0, caches, padded)
 
 
+SMALL_STEP = 2 ** 22  # multiply-adds of a step's weight matrices times the batch: one thread at or below
+
+
 def decode_threads(model, batch: int) -> int:
     """Intra-op threads for the one-token steps of `generate` on the CPU (the prefill keeps torch's setting).
 
@@ -283,9 +286,6 @@ def decode_threads(model, batch: int) -> int:
         return torch.get_num_threads()
     matrices = sum(q.numel() for q in model.transformer.parameters() if q.dim() == 2)
     return 1 if batch * matrices <= SMALL_STEP else torch.get_num_threads()
-
-
-SMALL_STEP = 2 ** 22  # multiply-adds of a step's weight matrices times the batch: one thread at or below
 
 
 @contextlib.contextmanager
