@@ -77,3 +77,25 @@ def test_bad_rescore_override_refused_by_name():
             split_overrides(bad, rescore=RescoreConfig())
     with pytest.raises(ValueError, match="contexts"):
         RescoreConfig(contexts=(1.3, 0.9))
+
+
+def test_second_stage_benchmark_scores_every_setting(tmp_path):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    mods = {}
+    files = (("detect_recipe_b", "recipes/detect.py"), ("detect_second_stage", "benchmarks/detect_second_stage.py"))
+    for name, path in files:
+        spec = importlib.util.spec_from_file_location(name, root / path)
+        mods[name] = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mods[name]
+        spec.loader.exec_module(mods[name])
+    out = tmp_path / "run"
+    mods["detect_recipe_b"].main(["--out", str(out), "--max-steps", "1", "backbones=vit", "n_val=2", "n_test=2",
+                                  "batch_size=2", "dim=32", "depth=1", "n_heads=2", "channels=32", "head_convs=1",
+                                  "pretrain_steps=2", "pretrain_batch=4", "progress=false"])
+    rows = mods["detect_second_stage"].main([str(out / "vit"), "--canvases", "4"])
+    assert len(rows) == 2 + len(mods["detect_second_stage"].SETTINGS)
+    assert all(0 <= r["map_50"] <= 1 for r in rows) and rows[0]["setting"] == "FCOS alone"
