@@ -45,7 +45,8 @@ from mmfm.data.stepstream import resumable_loader
 from mmfm.diffusion import make_sampler, make_train_scheduler, save_scheduler
 from mmfm.diffusion.captions import CaptionConditioner, caption_quality, caption_training_data
 from mmfm.diffusion.flow import FLOW, make_flow_scheduler
-from mmfm.diffusion.latent import latent_training_data
+from mmfm.diffusion.latent import LATENT_SCALES, latent_training_data
+from mmfm.diffusion.schedule import set_clip_sample
 from mmfm.diffusion.text import PromptConditioner
 from mmfm.eval.gen_quality import evaluate
 from mmfm.registry import read_config
@@ -81,6 +82,8 @@ class DiTTrain:
     text_encoder: str = ""  # a saved mmfm CLIP folder: condition on its text tower (frozen) instead of labels
     text_tokens: bool = False  # also cross-attend over the text tokens (needs text_encoder)
     vae: str = ""  # a saved VAE folder (recipes/vae_train.py): train on its latents, decode samples through it
+    latent_scale: str = opt("max", choices=LATENT_SCALES)  # vae=: latents * 1/max|z| (in [-1, 1], sampled clipped)
+    # or * 1/std (unit std, sampled unclipped); mmfm.diffusion.latent
     export: str = ""  # with vae=: also write the trained model as a diffusers DiTPipeline folder here
     max_minutes: float = opt(13.5, lo=0.0)  # >0: also stop training after this many minutes (the CPU budget), whichever
     # first; the LR cosine then ends with the budget (a BudgetClock's fraction), so a budgeted run anneals
@@ -217,6 +220,8 @@ def main(argv=None):
         prompts = PromptConditioner.from_folder(train.text_encoder, run.class_names, train.text_tokens)
     model = build(args, train, routed["model"], len(run.class_names), prompts)
     scheduler = train_scheduler(train)
+    if run.codec is not None:  # latents by max are clipped to [-1, 1] like pixels; at unit std they are not
+        set_clip_sample(scheduler, run.codec.clip_sample)
     condition = prompts.batch_condition if prompts else label_condition
     rows = torch.arange(len(run.row_names))
     grid_cond = prompts.condition(rows) if prompts else {"y": rows}
@@ -270,7 +275,8 @@ def class_data(args, train: DiTTrain, routed: dict, cfg) -> RunData:
     data, test, sizes = load_data(args, train, {**asdict(cfg), **routed["model"]})
     codec, images = None, data.images
     if train.vae:  # the DiT learns the VAE's latents; its shape comes from the VAE
-        codec, images, routed["model"] = latent_training_data(train.vae, data.images, routed["model"])
+        codec, images, routed["model"] = latent_training_data(train.vae, data.images, routed["model"],
+                                                              train.latent_scale)
     return RunData(data, test, images, data.labels, codec, data.class_names, data.class_names, sizes)
 
 
@@ -283,7 +289,8 @@ def caption_data(args, train: DiTTrain, routed: dict, cfg) -> RunData:
         raise ConfigError(f"--preset {args.preset}: caption runs start from a preset (the DiT's text_dim comes "
                           "from text_encoder=)")
     data, test, sizes, codec, images, routed["model"] = caption_training_data(
-        args.data, asdict(cfg), routed["model"], train.vae, seed=args.seed, limit=train.limit)
+        args.data, asdict(cfg), routed["model"], train.vae, seed=args.seed, limit=train.limit,
+        latent_scale=train.latent_scale)
     rows = [c if len(c) <= 32 else c[:30] + ".." for c in test.first_captions[:GRID_ROWS]]
     return RunData(data, test, images, torch.arange(len(images)), codec, [], rows, sizes)
 

@@ -160,11 +160,12 @@ def score_captioned(fake: torch.Tensor, test: CaptionedImages, conditioner: Capt
 
 
 def caption_training_data(path, model_cfg: dict, model_over: dict, vae: str = "", seed: int = 0,
-                          limit: int | None = None):
+                          limit: int | None = None, latent_scale: str = "max"):
     """recipes/dit_train.py --data PAIRS text_encoder=CLIP: (train, test, sizes, codec or None, what the DiT learns
     (pixels or latents), model overrides). Pixels: images at the model's input_size, in_channels from the
     overrides or else the images (3 when any is in colour). vae=: images at the VAE's sample size and channels,
-    encoded once (mmfm.diffusion.latent; the DiT's input shape is then the latent shape)."""
+    encoded once and scaled by `latent_scale` (mmfm.diffusion.latent; the DiT's input shape is then the latent
+    shape)."""
     import json
     from pathlib import Path
 
@@ -181,7 +182,7 @@ def caption_training_data(path, model_cfg: dict, model_over: dict, vae: str = ""
         size, channels = int(model_over.get("input_size", model_cfg["input_size"])), model_over.get("in_channels")
     train, test, sizes = load_captioned(path, size, channels, seed=seed, limit=limit)
     if vae:
-        codec, images, model_over = latent_training_data(vae, train.images, model_over)
+        codec, images, model_over = latent_training_data(vae, train.images, model_over, latent_scale)
         return train, test, sizes, codec, images, model_over
     model_over = {**model_over, "input_size": size, "in_channels": train.images.shape[1]}
     return train, test, sizes, None, train.images, model_over

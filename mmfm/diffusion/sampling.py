@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .objective import null_condition
+from .schedule import clips
 
 
 def guide(cond_out: torch.Tensor, uncond_out: torch.Tensor, scale: float) -> torch.Tensor:
@@ -31,8 +32,9 @@ def sample(model, scheduler, shape: tuple, cond: dict | None = None, guidance_sc
            device=None, noise: torch.Tensor | None = None, progress=None) -> torch.Tensor:
     """Draw x_T ~ N(0, I) (from `generator` on its own device, so a CPU generator gives the same samples on
     any device; without one on the model's device; or take `noise`) and denoise with `scheduler` in `steps`
-    steps on `device` (default: the model's); returns x_0 (shape) clamped to [-1, 1]. `null_label` defaults
-    to model.null_label when present."""
+    steps on `device` (default: the model's); returns x_0 (shape), clamped to [-1, 1] unless the scheduler's
+    config says clip_sample=False (latents at unit std, mmfm.diffusion.latent). `null_label` defaults to
+    model.null_label when present."""
     cond = cond or {}
     device = device or next(model.parameters()).device
     if null_label is None:
@@ -46,4 +48,4 @@ def sample(model, scheduler, shape: tuple, cond: dict | None = None, guidance_sc
         tb = t.expand(shape[0])  # (B,) on `device` (set_timesteps put the timesteps there)
         out = guided_output(model, scheduler.scale_model_input(x, t), tb, cond, null_label, guidance_scale)
         x = scheduler.step(out[:, :C], t, x, generator=generator).prev_sample
-    return x.clamp(-1, 1)
+    return x.clamp(-1, 1) if clips(scheduler.config) else x

@@ -13,6 +13,7 @@ from .flow import is_flow_config, make_flow_sampler
 
 SAMPLERS = ("ddim", "dpm++", "ddpm", "euler")
 SCHEDULER_DIR = "scheduler"
+CLIP_KEY = "clip_sample"  # diffusers' DDPM/DDIM key; mmfm.diffusion.sample reads it from any sampler's config
 
 
 def make_train_scheduler(prediction_type: str = "epsilon", beta_schedule: str = "squaredcos_cap_v2",
@@ -25,11 +26,33 @@ def make_train_scheduler(prediction_type: str = "epsilon", beta_schedule: str = 
                          timestep_spacing="trailing")
 
 
+def clips(config) -> bool:
+    """Whether a model with this scheduler config samples in [-1, 1]: x0 clipped in DDIM/DDPM steps and the
+    output clamped by mmfm.diffusion.sample. True for pixels, latents scaled by max, and configs without the key
+    (flow-matching ones saved before it); False for latents at unit std (set_clip_sample)."""
+    return bool(config.get(CLIP_KEY, True))
+
+
+def set_clip_sample(scheduler, clip: bool):
+    """Record in a training scheduler's config (saved with the model) whether its samples are clipped to
+    [-1, 1]; diffusers' DDPM/DDIM read the same key. Returns the scheduler."""
+    scheduler.register_to_config(**{CLIP_KEY: bool(clip)})
+    return scheduler
+
+
 def make_sampler(name: str, config):
     """A sampler sharing the training schedule: 'ddim' (eta=0), 'dpm++' (DPM-Solver++ 2M), 'ddpm', 'euler'
-    (a flow-matching config: 'euler' or 'dpm++' on its flow sigmas, mmfm.diffusion.flow)."""
+    (a flow-matching config: 'euler' or 'dpm++' on its flow sigmas, mmfm.diffusion.flow). An unclipped config
+    (`clips`) gives an unclipped sampler, whatever its kind."""
+    sampler = _build_sampler(name, config)
+    if not clips(config):
+        set_clip_sample(sampler, False)
+    return sampler
+
+
+def _build_sampler(name: str, config):
     if is_flow_config(config):
-        return make_flow_sampler(name, config)
+        return make_flow_sampler(name, {k: v for k, v in config.items() if k != CLIP_KEY})
     if name == "ddim":
         return DDIMScheduler.from_config(config)
     if name == "dpm++":
