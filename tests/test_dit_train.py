@@ -126,6 +126,13 @@ def test_dit_recipe_end_to_end(tmp_path, tiny_data, monkeypatch, caplog):
     dit_sample.main(["--model", str(dit_out / "model"), "--classes", "d3,a1", "--seeds", "2", "--steps", "2",
                      "--out", str(png)])
     assert png.stat().st_size > 500
+    from mmfm.eval.gen_quality import main as sweep  # settings are chosen against the train split, test untouched
+    rows = sweep(["--model", str(dit_out / "model"), "--classifier", str(tmp_path / "runs" / "vit" / "model"),
+                  "--split", "train", "--limit", "20", "--scales", "1,3", "--steps", "2", "--seed", "1",
+                  "--plot", str(tmp_path / "sweep.png")])
+    assert [r["guidance_scale"] for r in rows] == [1.0, 3.0] and (tmp_path / "sweep.png").is_file()
+    assert all(0 <= r["cond_accuracy/digits"] <= 1 and r["fid/animals"] >= 0 for r in rows)
+    assert json.loads((dit_out / "guidance_sweep.json").read_text()) == rows
 
 
 def test_dit_recipe_judge_opt_out_and_missing_judge(tmp_path, tiny_data, monkeypatch, caplog):
