@@ -64,10 +64,15 @@ class TextConditioner:
         """{"text": (N, embed_dim) normalised pooled embeddings[, "context": (N, L, width), "context_mask": (N, L)]}."""
         ids, mask = self.clip.tokenizer.encode_batch(list(texts), max_len=self.clip.config.context_length,
                                                      pad_to_max=True)  # (N, L) each
+        ids, mask = ids.to(self.device), mask.to(self.device)  # the tower runs where it lives
         out = {"text": self.clip.encode_text(ids)}
         if self.tokens:
             out["context"], out["context_mask"] = self.clip.text.forward_tokens(ids), mask.bool()
         return out
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.clip.parameters()).device
 
     def to(self, device):
         """Move the CLIP tower and the precomputed features (e.g. to the accelerator a run trained on)."""

@@ -1,9 +1,11 @@
-"""DiT behind /v1/images/generations: a class name (class-conditional folders) or a text prompt (folders trained
-with a CLIP text encoder) -> n PNGs, sampled with classifier-free guidance (one request at a time)."""
+"""DiT behind /v1/images/generations: a class name (class-conditional folders), a text prompt (folders trained
+with a CLIP text encoder on the built-in classes) or free text (caption-conditioned folders, dit_train.py --data
+PAIRS text_encoder=CLIP) -> n PNGs, sampled with classifier-free guidance (one request at a time). The frozen CLIP
+text tower is loaded once with the model and runs on its device; a latent model's samples are decoded through the
+VAE saved in its folder (<folder>/vae)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import threading
 import time
@@ -12,52 +14,54 @@ from pathlib import Path
 import torch
 
 from ..diffusion import load_scheduler_config, make_sampler, sample
+from ..diffusion.saved import conditioning, latent_decoder, prompt_problem, read_meta, text_conditioner
 from .errors import APIError
 from .images import to_png_base64
 from .schemas import ImageRequest
 
 SAMPLER = "dpm++"
+TEXT = ("text", "captions")  # conditionings sampled from a prompt through the CLIP text tower
 
 
 class DiTService:
     family = "dit"
 
     def __init__(self, model_id: str, model, folder: Path):
-        cfg = model.config
-        if cfg.in_channels not in (1, 3):
-            raise ValueError(f"{model_id}: serving samples pixels; a DiT with {cfg.in_channels} (latent) channels "
-                             "needs a VAE to decode them, which mmfm does not have")
-        meta_file = Path(folder) / "diffusion.json"
-        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        cfg, meta = model.config, read_meta(folder)
         self.id, self.model, self.cfg = model_id, model.eval(), cfg
+        device = next(model.parameters()).device
+        self.decode = latent_decoder(folder, meta, device)
+        if self.decode is None and cfg.in_channels not in (1, 3):
+            raise ValueError(f"{model_id}: a DiT with {cfg.in_channels} (latent) channels needs the VAE that decodes "
+                             f"them: {folder}/diffusion.json has no latent_scale (recipes/dit_train.py vae= writes it)")
         self.class_names: list[str] = list(meta.get("class_names") or [])
         if cfg.num_classes and len(self.class_names) != cfg.num_classes:
-            raise ValueError(f"{model_id}: {meta_file} must list the model's {cfg.num_classes} class_names "
-                             "(recipes/dit_train.py writes it)")
+            raise ValueError(f"{model_id}: {Path(folder) / 'diffusion.json'} must list the model's {cfg.num_classes} "
+                             "class_names (recipes/dit_train.py writes it)")
         self.scheduler_config = load_scheduler_config(folder)
-        self.prompts = None
-        if meta.get("text_encoder"):
-            from ..diffusion.text import PromptConditioner
-
-            self.prompts = PromptConditioner.from_folder(meta["text_encoder"], self.class_names,
-                                                         bool(meta.get("text_tokens")))
+        self._conditioning = conditioning(meta, cfg)
+        self.prompts = text_conditioner(meta, device) if self._conditioning in TEXT else None  # once per process
+        self.image_size = cfg.input_size if self.decode is None else meta.get("image_size") or 28  # as decoded
         self._lock = threading.Lock()
 
     @property
     def conditioning(self) -> str:
-        return "text" if self.prompts is not None else ("class" if self.cfg.num_classes else "none")
+        return self._conditioning
 
     def describe(self) -> dict:
         return {"family": "dit", "conditioning": self.conditioning, "classes": self.class_names,
-                "image_size": self.cfg.input_size, "endpoints": ["/v1/images/generations"]}
+                "image_size": self.image_size, "endpoints": ["/v1/images/generations"]}
 
     def close(self) -> None:
         pass
 
     def _condition(self, prompt: str, n: int) -> dict:
-        if self.conditioning == "text":
-            if not prompt.strip():
-                raise APIError(400, "'prompt' is empty; this DiT is text-conditioned: describe the image", "prompt")
+        if self.conditioning in TEXT:
+            problem = prompt_problem(self.prompts, prompt)
+            if problem:
+                code, message = problem
+                raise APIError(400, f"'prompt' {message}", "prompt",
+                               code if code == "context_length_exceeded" else None)
             with torch.inference_mode():
                 cond = self.prompts.encode([prompt])
             return {k: v.repeat_interleave(n, 0) for k, v in cond.items()}
@@ -78,7 +82,8 @@ class DiTService:
         with self._lock, torch.inference_mode():
             images = sample(self.model, make_sampler(SAMPLER, self.scheduler_config), shape, cond, req.guidance,
                             req.steps, generator=generator, noise=torch.randn(shape, generator=generator))
-        return [to_png_base64(x) for x in images]
+            images = self.decode(images) if self.decode else images
+        return [to_png_base64(x.cpu()) for x in images]
 
     async def generate(self, req: ImageRequest) -> dict:
         cond = self._condition(req.prompt, req.n)

@@ -22,7 +22,7 @@ function selectModel() {
   if (m.family === "dit") {
     const byClass = m.conditioning === "class";
     $("dit-class-label").hidden = !byClass;
-    $("dit-prompt-label").hidden = m.conditioning !== "text";
+    $("dit-prompt-label").hidden = m.conditioning !== "text" && m.conditioning !== "captions";
     $("dit-class").innerHTML = "";
     for (const c of m.classes) $("dit-class").add(new Option(c, c));
   }
@@ -95,7 +95,8 @@ async function runCLIP() {
 // --- DiT: a class or a prompt -> a grid of samples -------------------------------------------------------------
 async function runDiT() {
   const m = models[$("model").value];
-  const prompt = m.conditioning === "class" ? $("dit-class").value : (m.conditioning === "text" ? $("dit-prompt").value : "");
+  const byText = m.conditioning === "text" || m.conditioning === "captions";
+  const prompt = m.conditioning === "class" ? $("dit-class").value : (byText ? $("dit-prompt").value : "");
   showError(""); $("dit-run").disabled = true;
   try {
     const r = await api("/v1/images/generations", {model: m.id, prompt, n: +$("dit-n").value, steps: +$("dit-steps").value,
