@@ -148,7 +148,8 @@ def plot_sweep(rows: list[dict], path: str | Path, datasets) -> Path:
     return Path(path)
 
 
-def guidance_sweep(model, scheduler, classifier, test, scales, steps: int = 20, seed: int = 0, cond_fn=None) -> list[dict]:
+def guidance_sweep(model, scheduler, classifier, test, scales, steps: int = 20, seed: int = 0,
+                   cond_fn=None) -> list[dict]:
     floors: dict = {}
     return [{"guidance_scale": s, **evaluate(model, scheduler, classifier, test, s, steps, seed, cond_fn, floors)}
             for s in scales]
