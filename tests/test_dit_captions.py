@@ -94,7 +94,8 @@ def test_caption_conditioner_picks_each_images_own_captions_and_drops_them():
 
 def run_args(out, csv_path, clip_dir, *extra):
     return ["--out", str(out), "--data", str(csv_path), "--preset", "dit-test", "depth=1", "--max-steps", "2",
-            "batch_size=8", "sample_steps=2", "sample_every=0", "sampler=ddim", f"text_encoder={clip_dir}",
+            "batch_size=8", "sample_steps=2", "sample_every=0", "prediction_type=sample", "sampler=ddim",
+            f"text_encoder={clip_dir}",
             "input_size=16", *extra]
 
 

@@ -108,29 +108,33 @@ def test_interpolation_endpoints():
 
 
 def test_recipe_flow_switch(tmp_path, monkeypatch):
+    """Flow matching is the recipe's default (x-prediction, shift 3: round eleven's choice); the DDPM objectives
+    are one flag away, and flags that only one kind reads are refused on the other."""
     from test_dit_train import TINY_DIT, fake_sources, load_recipe
 
     from mmfm.train import classify
 
     monkeypatch.setattr(classify, "DATASETS", fake_sources())
     dit_train = load_recipe("dit_train")
-    with pytest.raises(ConfigError, match="sampler=ddim"):
-        dit_train.main(["--out", str(tmp_path / "a"), *TINY_DIT, "prediction_type=flow", "sampler=ddim",
-                        "classifier=none"])
-    with pytest.raises(ConfigError, match="flow_shift=2.0 goes with prediction_type=flow"):
-        dit_train.main(["--out", str(tmp_path / "a"), *TINY_DIT, "flow_shift=2", "classifier=none"])
-    with pytest.raises(ConfigError, match="flow_prediction=sample goes with prediction_type=flow"):
-        dit_train.main(["--out", str(tmp_path / "a"), *TINY_DIT, "flow_prediction=sample", "classifier=none"])
-    with pytest.raises(ConfigError, match="flow prediction 'x0'"):
-        dit_train.main(["--out", str(tmp_path / "a"), *TINY_DIT, "prediction_type=flow", "flow_prediction=x0",
-                        "classifier=none"])
-    m = dit_train.main(["--out", str(tmp_path / "f"), *TINY_DIT, "prediction_type=flow", "sampler=euler",
-                        "classifier=none", "sample_every=0"])
+    bad = [(["sampler=ddim"], "sampler=ddim"),
+           (["prediction_type=sample", "flow_shift=2"], "flow_shift=2 goes with prediction_type=flow, not sample"),
+           (["prediction_type=epsilon", "flow_prediction=sample"], "flow_prediction=sample goes with prediction_type"),
+           (["beta_schedule=linear"], "beta_schedule=linear goes with the DDPM objectives"),
+           (["flow_prediction=x0"], "flow prediction 'x0'")]
+    for flags, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            dit_train.main(["--out", str(tmp_path / "a"), *TINY_DIT, *flags, "classifier=none"])
+    m = dit_train.main(["--out", str(tmp_path / "d"), *TINY_DIT, "classifier=none", "sample_every=0"])
+    cfg = load_scheduler_config(tmp_path / "d" / "model")
+    assert m["steps"] == 3 and is_flow_config(cfg) and flow_prediction(cfg) == "sample" and cfg["shift"] == 3.0
+    m = dit_train.main(["--out", str(tmp_path / "f"), *TINY_DIT, "flow_prediction=velocity", "flow_shift=1",
+                        "sampler=euler", "classifier=none", "sample_every=0"])
+    cfg = load_scheduler_config(tmp_path / "f" / "model")
     assert m["steps"] == 3 and (tmp_path / "f" / "samples.png").is_file()
-    assert is_flow_config(load_scheduler_config(tmp_path / "f" / "model"))
-    m = dit_train.main(["--out", str(tmp_path / "x"), *TINY_DIT, "prediction_type=flow", "flow_prediction=sample",
-                        "classifier=none", "sample_every=0"])
-    assert m["steps"] == 3 and flow_prediction(load_scheduler_config(tmp_path / "x" / "model")) == "sample"
+    assert is_flow_config(cfg) and flow_prediction(cfg) == "velocity" and cfg["shift"] == 1.0
+    dit_train.main(["--out", str(tmp_path / "x"), *TINY_DIT, "prediction_type=sample", "sampler=ddim",
+                    "classifier=none", "sample_every=0"])
+    assert load_scheduler_config(tmp_path / "x" / "model")["prediction_type"] == "sample"
 
 
 def test_x_prediction_loss_matches_the_formula():

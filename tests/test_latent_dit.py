@@ -77,7 +77,7 @@ def test_dit_recipe_on_vae_latents(tmp_path, monkeypatch):
     out, pipe_dir = tmp_path / "dit", tmp_path / "pipe"
     m = dit_train.main(["--out", str(out), "--preset", "dit-test", "depth=1", "--max-steps", "2", "batch_size=8",
                         "limit=16", "sample_steps=2", "sample_every=0", f"vae={vae}", f"classifier={judge}",
-                        "sampler=ddim", f"export={pipe_dir}"])
+                        "prediction_type=sample", "sampler=ddim", f"export={pipe_dir}"])
     model = mmfm.build_model(out / "model").eval()  # the judge scored decoded 28x28 images, or it would have failed
     assert (model.config.input_size, model.config.in_channels, model.config.patch_size) == (16, 4, 1)
     assert model.config.timestep_freq_shift == 1  # export= picks diffusers' frequencies: the folder is exact

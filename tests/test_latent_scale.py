@@ -107,7 +107,7 @@ def test_recipe_latent_scale_std_saves_and_reloads(tmp_path, monkeypatch):
     out, pipe_dir = tmp_path / "dit", tmp_path / "pipe"
     dit_train.main(["--out", str(out), "--preset", "dit-test", "depth=1", "--max-steps", "2", "batch_size=8",
                     "limit=16", "sample_steps=2", "sample_every=0", f"vae={vae}", "classifier=none", "sampler=ddim",
-                    "latent_scale=std", f"export={pipe_dir}"])
+                    "prediction_type=sample", "latent_scale=std", f"export={pipe_dir}"])
     folder = out / "model"
     meta, config = json.loads((folder / "diffusion.json").read_text()), load_scheduler_config(folder)
     assert meta["train"]["latent_scale"] == "std" and config["clip_sample"] is False and not clips(config)
