@@ -173,7 +173,8 @@ def main(argv=None):
                    help="the reference images and label mix: the held-out test split, or (to choose settings "
                         "without touching test) the training split")
     p.add_argument("--seed", type=int, default=0, help="the samples' noise and the reference halves")
-    p.add_argument("--plot", default="docs/img/dit_guidance.png")
+    p.add_argument("--plot", default=None, help="the FID/accuracy plot (default: guidance_sweep.png beside the "
+                   "--json rows); earlier rounds wrote docs/img/dit_guidance.png")
     p.add_argument("--json", default=None, help="where to write the rows (default: beside --model)")
     a = p.parse_args(argv)
     setup_logging()
@@ -183,7 +184,7 @@ def main(argv=None):
     rows = guidance_sweep(model, scheduler, classifier, test, [float(s) for s in a.scales.split(",")], a.steps, a.seed)
     out = Path(a.json or Path(a.model).parent / "guidance_sweep.json")
     out.write_text(json.dumps(rows, indent=2))
-    log.info("wrote %s and %s", out, plot_sweep(rows, a.plot, test.datasets))
+    log.info("wrote %s and %s", out, plot_sweep(rows, a.plot or out.with_suffix(".png"), test.datasets))
     return rows
 
 
