@@ -76,6 +76,12 @@ def prompt_problem(conditioner, prompt: str) -> tuple[str, str] | None:
     return None
 
 
+def decoded_size(meta: dict) -> int:
+    """The size a latent model's decoded samples are cropped to (older folders: the built-in 28 px data, the only
+    data vae= took then)."""
+    return meta.get("image_size") or 28
+
+
 def latent_decoder(folder, meta: dict, device):
     """The decoder of a latent model's samples (its VAE, the saved latent scale, cropped to the images' size),
     or None for a pixel model."""
@@ -86,7 +92,7 @@ def latent_decoder(folder, meta: dict, device):
     vae = Path(folder) / "vae"
     if not (vae / "config.json").is_file():  # folders from before vae/ was saved: the VAE it was trained with
         vae = Path(meta["train"]["vae"])
-    size = meta.get("image_size") or 28  # older folders: the built-in 28 px data, the only data vae= takes
+    size = decoded_size(meta)
     codec = LatentCodec.from_folder(vae, image_size=size, scale=meta["latent_scale"]).to(device)
     log.info("latent model: samples decoded by %s and cropped to %d px", vae, size)
     return codec.decode

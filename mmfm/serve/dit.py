@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..diffusion import load_scheduler_config, make_sampler, sample
-from ..diffusion.saved import conditioning, latent_decoder, prompt_problem, read_meta, text_conditioner
+from ..diffusion.saved import conditioning, decoded_size, latent_decoder, prompt_problem, read_meta, text_conditioner
 from .errors import APIError
 from .images import to_png_base64
 from .schemas import ImageRequest
@@ -39,14 +39,10 @@ class DiTService:
             raise ValueError(f"{model_id}: {Path(folder) / 'diffusion.json'} must list the model's {cfg.num_classes} "
                              "class_names (recipes/dit_train.py writes it)")
         self.scheduler_config = load_scheduler_config(folder)
-        self._conditioning = conditioning(meta, cfg)
-        self.prompts = text_conditioner(meta, device) if self._conditioning in TEXT else None  # once per process
-        self.image_size = cfg.input_size if self.decode is None else meta.get("image_size") or 28  # as decoded
+        self.conditioning = conditioning(meta, cfg)
+        self.prompts = text_conditioner(meta, device) if self.conditioning in TEXT else None  # once per process
+        self.image_size = cfg.input_size if self.decode is None else decoded_size(meta)
         self._lock = threading.Lock()
-
-    @property
-    def conditioning(self) -> str:
-        return self._conditioning
 
     def describe(self) -> dict:
         return {"family": "dit", "conditioning": self.conditioning, "classes": self.class_names,
