@@ -145,8 +145,9 @@ _BASE = GPTConfig()
 register_preset("gpt-test", _BASE.replace(vocab_size=256, block_size=64, n_layer=2, n_head=2, n_embd=32))
 register_preset("gpt-mini", _BASE.replace(vocab_size=256, block_size=256, n_layer=4, n_head=4, n_embd=256))
 # the default of recipes/gpt_pretrain.py: char-level Shakespeare on 2 CPU cores in 10 minutes
-register_preset("gpt-shakespeare-char", _BASE.replace(vocab_size=78, block_size=256, n_layer=4, n_head=4, n_embd=192,
+# relu2 + qk_norm: round nine; width 128 (was 192): round thirteen (docs/performance.md)
+register_preset("gpt-shakespeare-char", _BASE.replace(vocab_size=78, block_size=256, n_layer=4, n_head=4, n_embd=128,
                                                       norm="rmsnorm", pos="rope", bias=False, mlp="relu2",
-                                                      qk_norm=True))  # relu2 + qk_norm: round nine, docs/performance.md
+                                                      qk_norm=True))
 register_preset("gpt2-124m", _BASE)
 register_preset("gpt2-medium", _BASE.replace(n_layer=24, n_head=16, n_embd=1024))
